@@ -1,0 +1,101 @@
+"""One settings object (配置), read from CITYOS_* environment variables and cityos.toml."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+# A placeholder the settings refuse outside the demo and tests, so a city never runs on it.
+DEV_SECRET = "cityos-dev-secret-change-me"
+
+
+class SettingsError(Exception):
+    """Start-up settings are wrong; the message names every bad setting."""
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Environment wins over cityos.toml, which wins over defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CITYOS_",
+        toml_file=os.environ.get("CITYOS_CONFIG", "cityos.toml"),
+        extra="forbid",
+    )
+
+    database_url: str = Field(
+        "sqlite:///var/cityos.db",
+        description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host/db",
+    )
+    secret_key: str = Field(DEV_SECRET, description="Signs sessions and CSRF tokens (>= 16 chars)")
+    data_dir: Path = Field(Path("var"), description="Keyring, uploads, backups")
+    host: str = Field("127.0.0.1", description="Bind address of `cityos serve`")
+    port: int = Field(8000, ge=1, le=65535, description="Bind port of `cityos serve`")
+    environment: str = Field("development", pattern="^(development|demo|test|production)$")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted request body")
+    token_ttl_seconds: int = Field(3600, ge=60, description="Lifetime of API bearer tokens")
+    session_ttl_seconds: int = Field(8 * 3600, ge=300, description="Lifetime of console sessions")
+    lockout_threshold: int = Field(5, ge=1, description="Failed logins before an account locks")
+    lockout_seconds: int = Field(900, ge=1, description="How long a locked account stays locked")
+    cookie_secure: bool = Field(False, description="Send cookies only over HTTPS (set behind TLS)")
+    default_language: str = Field("zh-CN", pattern="^(zh-CN|en)$")
+    demo_password: str = Field("cityos-demo", min_length=8)
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("must start with sqlite:// or postgresql+psycopg://")
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _strong_secret(cls, value: str) -> str:
+        if len(value) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def check_production(self) -> None:
+        """Refuse the development secret outside development, demo and test."""
+        if self.environment == "production" and self.secret_key == DEV_SECRET:
+            raise SettingsError("CITYOS_SECRET_KEY: the development secret is refused in production")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings, turning pydantic's report into one message that names each bad setting."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = "CITYOS_" + "_".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("bad settings / 配置错误:\n  " + "\n  ".join(lines)) from None
+    settings.check_production()
+    return settings

@@ -1,0 +1,20 @@
+"""The CityOS application: the core web shell with every package's routers mounted."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from cityos.core.settings import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """App factory (used by `cityos serve`, uvicorn --factory and the tests)."""
+    from cityos.core import api as core_api
+    from cityos.core import pages as core_pages
+    from cityos.core.web import build_app
+
+    settings = settings or load_settings()
+    # Engines add their routers (and template folders) here as they land.
+    routers = [core_api.router, core_pages.router]
+    return build_app(settings, routers, template_dirs=[], engine=engine)

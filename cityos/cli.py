@@ -1,0 +1,39 @@
+"""The `cityos` command: every package's sub-commands under one Typer app."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cityos.core import cli as core_cli
+
+app = typer.Typer(help="CityOS smart-city platform / 智慧城市平台", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+core_cli.register(app)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (default from settings)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default from settings)")] = None,
+) -> None:
+    """Serve the platform (API, console, portal) until Ctrl-C."""
+    import uvicorn
+
+    from cityos.app import create_app
+    from cityos.core import db, logs
+
+    settings = core_cli.settings_or_exit()
+    logs.setup(settings.log_level)
+    try:
+        application = create_app(settings)
+    except db.NotMigrated as exc:
+        core_cli.err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    uvicorn.run(application, host=host or settings.host, port=port or settings.port,
+                log_config=None, proxy_headers=False)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,407 @@
+"""The web shell (Web 外壳): app factory, request dependencies, problem documents, middleware.
+
+`build_app` is called by `cityos.app.create_app` with the routers of every package; nothing
+here opens a database or reads settings at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, ORJSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import cityos
+from cityos.core import access, audit, auth, crypto, db, i18n
+from cityos.core.access import ANONYMOUS, Actor
+from cityos.core.errors import CityOSError, FieldError, TooLarge, Unauthorized
+from cityos.core.settings import Settings
+
+log = logging.getLogger("cityos.web")
+HERE = Path(__file__).resolve().parent
+SESSION_COOKIE = "cityos_session"
+LANG_COOKIE = "cityos_lang"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+PROBLEM = "application/problem+json"
+
+
+@dataclass
+class Platform:
+    """What every request needs: settings, the database, the keyring, the templates."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    keyring: crypto.Keyring
+    templates: Jinja2Templates
+
+
+def platform_of(request: Request) -> Platform:
+    return request.app.state.platform  # type: ignore[no-any-return]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A session per request. Routes that write call `session.commit()` before answering, so a
+    2xx is only sent for what is durable; anything uncommitted is rolled back here."""
+    session = platform_of(request).sessions()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _credentials(request: Request) -> tuple[str, str] | None:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        raw = header[7:].strip()
+        return ("apikey" if raw.startswith(auth.API_KEY_PREFIX + "_") else "api", raw)
+    if key := request.headers.get("x-api-key"):
+        return ("apikey", key.strip())
+    if cookie := request.cookies.get(SESSION_COOKIE):
+        return ("web", cookie)
+    return None
+
+
+async def get_actor(request: Request, session: SessionDep) -> Actor:
+    """Who sent this request. Bearer tokens and API keys for the API, the session cookie for the
+    console (with its CSRF token on every unsafe method). Bad credentials are 401, not anonymous."""
+    cached = getattr(request.state, "actor", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    creds = _credentials(request)
+    actor: Actor | None = ANONYMOUS
+    if creds is not None:
+        kind, raw = creds
+        if kind == "apikey":
+            actor = await run_in_threadpool(auth.apikey_actor, session, raw)
+        else:
+            actor = await run_in_threadpool(auth.token_actor, session, raw, kind)
+        if actor is None:
+            if kind == "web":
+                actor = ANONYMOUS  # an expired console session just means "sign in again"
+            else:
+                raise Unauthorized("invalid, expired or revoked credentials / 凭证无效、过期或已吊销")
+        elif kind == "web" and request.method not in SAFE_METHODS:
+            presented = request.headers.get(CSRF_HEADER)
+            if presented is None and "form" in request.headers.get("content-type", ""):
+                form = await request.form()
+                value = form.get("csrf_token")
+                presented = value if isinstance(value, str) else None
+            secret = platform_of(request).settings.secret_key
+            if not auth.csrf_ok(secret, raw, presented):
+                raise access.Denied(actor, "csrf", None, "missing or wrong CSRF token")
+    request.state.actor = actor
+    return actor
+
+
+ActorDep = Annotated[Actor, Depends(get_actor)]
+
+
+def language(request: Request) -> str:
+    settings = platform_of(request).settings
+    return i18n.pick(request.query_params.get("lang"), request.cookies.get(LANG_COOKIE),
+                     request.headers.get("accept-language"), settings.default_language)
+
+
+# -- problem documents (RFC 9457) ------------------------------------------------------------
+
+
+def problem(
+    request: Request, status: int, title: str, detail: str, slug: str,
+    errors: list[FieldError] | None = None, headers: dict[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": f"/problems/{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    if errors:
+        body["errors"] = [e.as_dict() for e in errors]
+    return ORJSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _wants_html(request: Request) -> bool:
+    path = request.url.path
+    if path.startswith(("/api", "/healthz", "/docs", "/openapi")):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _html_error(request: Request, status: int, title: str, detail: str) -> Response:
+    if status == 401:
+        return RedirectResponse(f"/console/login?next={request.url.path}", status_code=303)
+    templates = platform_of(request).templates
+    return templates.TemplateResponse(
+        request, "error.html",
+        {"status": status, "title": title, "detail": detail, "lang": language(request)},
+        status_code=status,
+    )
+
+
+def _audit_denial(request: Request, exc: access.Denied) -> None:
+    """Refusals are recorded in their own transaction: the request's own one was rolled back."""
+    try:
+        with db.session_scope(platform_of(request).sessions) as session:
+            target = exc.target
+            audit.append(
+                session, actor=exc.actor.name, department=exc.actor.department_code,
+                action=exc.action, object_type=target.kind if target else None,
+                object_id=target.id if target else None, outcome="denied",
+                detail={"path": request.url.path, "method": request.method},
+            )
+    except Exception:  # the refusal stands even if the audit write fails; log it loudly
+        log.exception("could not audit a denial")
+
+
+async def _cityos_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CityOSError)
+    if isinstance(exc, access.Denied):
+        await run_in_threadpool(_audit_denial, request, exc)
+    headers: dict[str, str] = {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="cityos"'
+    if "retry_after" in exc.extra:
+        headers["Retry-After"] = str(exc.extra["retry_after"])
+    if _wants_html(request):
+        return _html_error(request, exc.status, exc.title, exc.detail)
+    return problem(request, exc.status, exc.title, exc.detail, exc.type_slug, exc.errors, headers)
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
+        parts = parts[1:] or parts
+    return ".".join(parts) or "body"
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errs = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errs):
+        return problem(request, 400, "Malformed JSON", "the body is not valid JSON / JSON 格式错误",
+                       "malformed-json", [FieldError("body", str(errs[0].get("msg")))])
+    fields = []
+    for e in errs:
+        reason = str(e.get("msg"))
+        if e.get("type") == "extra_forbidden":
+            reason = "unknown field / 未知字段"
+        elif e.get("type") == "missing":
+            reason = "required / 必填"
+        fields.append(FieldError(_field_name(tuple(e.get("loc", ()))), reason))
+    detail = "; ".join(f"{f.field}: {f.reason}" for f in fields)
+    return problem(request, 422, "Invalid input", detail, "invalid", fields)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    titles = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized"}
+    title = titles.get(exc.status_code, "HTTP error")
+    detail = str(exc.detail) if exc.detail else title
+    if _wants_html(request):
+        return _html_error(request, exc.status_code, title, detail)
+    return problem(request, exc.status_code, title, detail, title.lower().replace(" ", "-"),
+                   headers=getattr(exc, "headers", None))
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(request, 500, "Internal error", "the server failed; nothing was changed / 服务器错误",
+                   "internal")
+
+
+# -- middleware -------------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """Refuse request bodies over the configured limit, by header or while streaming (413)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._refuse(scope, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise TooLarge(self.limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        err = TooLarge(self.limit)
+        body = (
+            b'{"type":"/problems/too-large","title":"Payload too large","status":413,"detail":"'
+            + err.detail.encode() + b'","instance":"' + scope["path"].encode() + b'"}'
+        )
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", PROBLEM.encode()),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "font-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; "
+    "form-action 'self'"
+)
+# Swagger UI's page bootstraps with one inline script; only /docs gets this looser policy.
+CSP_DOCS = CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'").replace(
+    "style-src 'self'", "style-src 'self' 'unsafe-inline'")
+
+
+class SecurityHeaders:
+    """Security headers on every response (a strict CSP: no inline script)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = (CSP_DOCS if scope["path"] == "/docs" else CSP).encode()
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [
+                    (b"content-security-policy", csp),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"same-origin"),
+                ]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+# -- the app ----------------------------------------------------------------------------------
+
+
+def health_router() -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", summary="Liveness and database status")
+    def healthz(request: Request) -> Response:
+        platform = platform_of(request)
+        status: dict[str, Any] = {"backend": platform.engine.dialect.name}
+        try:
+            with platform.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            status["ok"] = True
+            status["revision"] = db.current_revision(platform.engine)
+        except Exception as exc:  # report, don't crash: this is what monitoring polls
+            status["ok"], status["error"] = False, type(exc).__name__
+        body = {"status": "ok" if status["ok"] else "degraded", "version": cityos.__version__,
+                "database": status}
+        return JSONResponse(body, status_code=200 if status["ok"] else 503)
+
+    return router
+
+
+def build_app(
+    settings: Settings, routers: list[APIRouter], template_dirs: list[Path],
+    engine: Engine | None = None, check_migrated: bool = True,
+) -> FastAPI:
+    """Assemble the FastAPI app for `settings`; refuse an un-migrated database."""
+    engine = engine or db.make_engine(settings.database_url)
+    if check_migrated:
+        db.ensure_migrated(engine)
+    ring = crypto.activate(crypto.Keyring.load(Path(settings.data_dir) / "keys.json"))
+    templates = Jinja2Templates(directory=[HERE / "templates", *template_dirs])
+    templates.env.globals.update(t=i18n.t, roles=access.ROLES, version=cityos.__version__)
+    platform = Platform(settings, engine, db.make_sessionmaker(engine), ring, templates)
+
+    app = FastAPI(
+        title="CityOS API",
+        version=cityos.__version__,
+        description="CityOS smart-city platform — 智慧城市平台. Errors are RFC 9457 problem documents.",
+        default_response_class=ORJSONResponse,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.platform = platform
+    app.add_exception_handler(CityOSError, _cityos_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _crash)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(AccessLog)
+
+    static = HERE / "static"
+    app.mount("/static", StaticFiles(directory=static, check_dir=False), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title="CityOS API",
+            swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
+
+    app.include_router(health_router())
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+class AccessLog:
+    """One line per request: method, path, status, time. Never the query string: it can carry
+    ID numbers or keys."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.log = logging.getLogger("cityos.access")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [0]
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            if self.log.isEnabledFor(logging.INFO):
+                self.log.info("%s %s %s %.1fms", scope["method"], scope["path"], status[0],
+                              (time.perf_counter() - start) * 1000)

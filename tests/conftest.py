@@ -24,7 +24,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from cityos.app import create_app
-from cityos.core import access, crypto, db, service
+from argon2 import PasswordHasher
+
+from cityos.core import access, auth, crypto, db, service
 from cityos.core.access import SYSTEM
 from cityos.core.db import Base
 from cityos.core.settings import Settings, load_settings
@@ -35,6 +37,9 @@ PG_URL = os.environ.get(
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PASSWORD = "pass-word-123"
+
+# argon2id with production parameters costs ~50 ms a hash; the suite hashes thousands.
+auth.use_hasher(PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 
 
 def _pg_database(worker: str) -> str:

@@ -25,6 +25,13 @@ from cityos.core.models import ApiKey, AuthToken, Department, User
 _hasher = PasswordHasher()
 # Verifying against this keeps unknown usernames as slow as known ones (no user enumeration).
 _DUMMY_HASH = _hasher.hash("cityos-dummy-password")
+
+
+def use_hasher(hasher: PasswordHasher) -> None:
+    """Swap the argon2 parameters (the test suite uses cheap ones; production keeps defaults)."""
+    global _hasher, _DUMMY_HASH
+    _hasher = hasher
+    _DUMMY_HASH = hasher.hash("cityos-dummy-password")
 API_KEY_PREFIX = "cos"
 
 

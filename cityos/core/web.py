@@ -16,7 +16,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, ORJSONResponse, RedirectResponse, Response
+import orjson
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine, text
@@ -137,7 +138,7 @@ def problem(
     }
     if errors:
         body["errors"] = [e.as_dict() for e in errors]
-    return ORJSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def _wants_html(request: Request) -> bool:
@@ -349,7 +350,6 @@ def build_app(
         title="CityOS API",
         version=cityos.__version__,
         description="CityOS smart-city platform — 智慧城市平台. Errors are RFC 9457 problem documents.",
-        default_response_class=ORJSONResponse,
         docs_url=None,
         redoc_url=None,
     )

@@ -29,7 +29,7 @@ def _reason(exc: Exception, kind: str) -> str:
 
 def validate_citizen_id(value: str, field: str = "id_number") -> str:
     """Return the normalized 18-character ID number or raise Invalid naming the fault."""
-    compact = ric.compact(value or "")
+    compact = ric.compact(value or "").upper()
     if not compact:
         raise Invalid(field, "ID number is empty / 身份证号码为空")
     if len(compact) != 18:
@@ -61,7 +61,8 @@ def validate_credit_code(value: str, field: str = "credit_code") -> str:
 
 def citizen_id_with_check(first17: str) -> str:
     """Complete 17 digits with the GB 11643 check character (used by the demo generator)."""
-    return first17 + str(ric.calc_check_digit(first17))
+    # stdnum's calc_check_digit takes the full 18 characters and ignores the last.
+    return first17 + str(ric.calc_check_digit(first17 + "0"))
 
 
 def credit_code_with_check(first17: str) -> str:

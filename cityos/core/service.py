@@ -69,8 +69,13 @@ def department_target(dept: Department) -> Target:
 
 
 def scope_filter(actor: Actor, action: str, dept_col: Any, path_col: Any, owner_col: Any = None) -> Any:
-    """A WHERE clause restricting a list to what `actor` may see for `action` (deny by default)."""
+    """A WHERE clause restricting a list to what `actor` may see for `action` (deny by default).
+
+    An actor with no reach at all is refused outright (401/403) rather than shown an empty list.
+    """
     reach = access.reach_of(actor, action)
+    if reach is None:
+        access.require(actor, action)
     if reach == ALL:
         return True
     if reach == SUBTREE and actor.department_path:
@@ -229,8 +234,6 @@ def user_list(
         .where(scope_filter(actor, "user.read", User.department_id, Department.path, User.id))
         .order_by(Department.path, User.username)
     )
-    if not actor.authenticated:
-        access.require(actor, "user.read")
     if department_code:
         stmt = stmt.where(User.department_id == department_by_code(session, department_code).id)
     if role:
@@ -350,14 +353,10 @@ def audit_list(
     limit: int = 50, offset: int = 0,
 ) -> Paged:
     """Browse the audit log, newest first, limited to the auditor's departments."""
-    reach = access.reach_of(actor, "audit.read")
-    if reach is None:
-        access.require(actor, "audit.read")
+    visible = scope_filter(actor, "audit.read", Department.id, Department.path)
     stmt = select(AuditRecord).order_by(AuditRecord.seq.desc())
-    if reach != ALL:
-        codes = select(Department.code).where(
-            scope_filter(actor, "audit.read", Department.id, Department.path))
-        stmt = stmt.where(AuditRecord.department.in_(codes))
+    if access.reach_of(actor, "audit.read") != ALL:
+        stmt = stmt.where(AuditRecord.department.in_(select(Department.code).where(visible)))
     if actor_name:
         stmt = stmt.where(AuditRecord.actor == actor_name)
     if action:

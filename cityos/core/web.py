@@ -215,6 +215,8 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, CityOSError):  # FastAPI wraps errors raised while reading the body
+        return await _cityos_error(request, exc.__cause__)
     titles = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized"}
     title = titles.get(exc.status_code, "HTTP error")
     detail = str(exc.detail) if exc.detail else title

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from argon2 import PasswordHasher
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
@@ -24,8 +25,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from cityos.app import create_app
-from argon2 import PasswordHasher
-
 from cityos.core import access, auth, crypto, db, service
 from cityos.core.access import SYSTEM
 from cityos.core.db import Base

@@ -11,13 +11,13 @@ from pydantic import Field
 from cityos.core import audit, auth, service
 from cityos.core.errors import Invalid, Locked, Unauthorized
 from cityos.core.schemas import (
-    Strict,
     ApiKeyIn,
     ApiKeyOut,
     AuditOut,
     DepartmentIn,
     DepartmentOut,
     Page,
+    Strict,
     TokenOut,
     UserIn,
     UserOut,

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine, text
@@ -81,7 +82,17 @@ def _credentials(request: Request) -> tuple[str, str] | None:
     return None
 
 
-async def get_actor(request: Request, session: SessionDep) -> Actor:
+# Declared so that /docs offers "Authorize" with the password flow and API keys; the actual
+# parsing is `_credentials`, which also accepts the console cookie.
+_oauth2 = OAuth2PasswordBearer(tokenUrl="/api/auth/token", auto_error=False)
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+async def get_actor(
+    request: Request, session: SessionDep,
+    _bearer: Annotated[str | None, Depends(_oauth2)] = None,
+    _key: Annotated[str | None, Depends(_api_key)] = None,
+) -> Actor:
     """Who sent this request. Bearer tokens and API keys for the API, the session cookie for the
     console (with its CSRF token on every unsafe method). Bad credentials are 401, not anonymous."""
     cached = getattr(request.state, "actor", None)

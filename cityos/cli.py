@@ -11,6 +11,7 @@ from cityos.core import cli as core_cli
 app = typer.Typer(help="CityOS smart-city platform / 智慧城市平台", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 core_cli.register(app)
+from cityos.demo.cli import register as _demo; _demo(app)  # noqa: E402, E702, I001
 
 
 @app.command()

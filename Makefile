@@ -1,0 +1,47 @@
+# CityOS set-up. Two commands: `make demo` (build and serve the demo city) and `make test`.
+# Stamps keep reruns fast: pip reruns when pyproject.toml changes, npm ci when package-lock.json does.
+
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTEST_ARGS ?= -q -n 2 --dist loadgroup
+
+.PHONY: demo test install dev assets lint bench clean
+
+demo: install assets
+	$(VENV)/bin/cityos demo
+
+test: dev assets
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.install.stamp
+
+dev: $(VENV)/.dev.stamp
+
+assets: node_modules/.stamp $(VENV)/.install.stamp
+	$(PY) -m cityos.core.assets
+
+lint: dev  # generated migrations are not linted
+	$(VENV)/bin/ruff check . --extend-exclude cityos/migrations/versions
+
+bench: install
+	$(PY) bench/auth.py
+
+clean:
+	rm -rf node_modules cityos/core/static/vendor build dist *.egg-info .pytest_cache .ruff_cache test-results
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(VENV)/.install.stamp: pyproject.toml | $(PY)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.dev.stamp: pyproject.toml | $(PY)
+	$(PIP) install -q -e '.[dev]'
+	touch $(VENV)/.install.stamp $@
+
+node_modules/.stamp: package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@

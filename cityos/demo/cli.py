@@ -1,0 +1,39 @@
+"""`cityos demo`: build the demo city, print its logins, then serve it like `cityos serve`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cityos.core import cli as core_cli
+from cityos.core.errors import CityOSError
+from cityos.demo import seed
+
+
+def demo(
+    build_only: Annotated[bool, typer.Option("--build-only", help="build, then exit")] = False,
+    host: Annotated[str | None, typer.Option(help="bind address (default from settings)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default from settings)")] = None,
+) -> None:
+    """Build the demo city, Jilin (吉林市), if not built yet, and serve it."""
+    settings = core_cli.settings_or_exit()
+    try:
+        report = seed.build(settings, console=core_cli.console)
+    except CityOSError as exc:
+        core_cli.err_console.print(f"[red]{exc.detail}[/red]")
+        for e in exc.errors:
+            core_cli.err_console.print(f"  {e.field}: {e.reason}")
+        raise typer.Exit(1) from None
+    seed.print_summary(core_cli.console, report, settings, host, port)
+    if build_only:
+        return
+    # The very code of `cityos serve` (imported here: cityos.cli imports this module).
+    from cityos.cli import serve
+
+    serve(host=host, port=port)
+
+
+def register(app: typer.Typer) -> None:
+    """Mount `demo` on the top-level `cityos` command."""
+    app.command("demo")(demo)

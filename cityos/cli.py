@@ -7,11 +7,12 @@ from typing import Annotated
 import typer
 
 from cityos.core import cli as core_cli
+from cityos.demo import cli as demo_cli
 
 app = typer.Typer(help="CityOS smart-city platform / 智慧城市平台", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 core_cli.register(app)
-from cityos.demo.cli import register as _demo; _demo(app)  # noqa: E402, E702, I001
+demo_cli.register(app)
 
 
 @app.command()

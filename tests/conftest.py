@@ -41,10 +41,10 @@ PASSWORD = "pass-word-123"
 auth.use_hasher(PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 
 
-def _pg_database(worker: str) -> str:
-    """Create a fresh database for this xdist worker and migrate it."""
+def _pg_database(worker: str, run: str) -> str:
+    """Create a fresh database for this test run and xdist worker (dropped at the end)."""
     url = make_url(PG_URL)
-    name = f"{url.database}_{worker}"
+    name = f"{url.database}_{run}_{worker}"
     admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
@@ -61,14 +61,20 @@ def _pg_database(worker: str) -> str:
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-           worker_id: str) -> str:
+           worker_id: str, testrun_uid: str) -> Iterator[str]:
     """A migrated database of each kind, once per test session (and xdist worker)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'cityos.db'}"
     else:
-        url = _pg_database(worker_id)
+        url = _pg_database(worker_id, testrun_uid[:8])
     db.upgrade(url)
-    return url
+    yield url
+    if request.param == "postgresql":
+        name = make_url(url).database
+        admin = create_engine(make_url(PG_URL).set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,8 @@ def scrub(value: Any) -> Any:
 
 def _canonical(rec: AuditRecord | dict[str, Any]) -> bytes:
     get = rec.get if isinstance(rec, dict) else lambda k: getattr(rec, k)
-    at: dt.datetime = get("at")
+    at = get("at")
+    assert isinstance(at, dt.datetime)
     body = {
         "seq": get("seq"),
         "at": at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),

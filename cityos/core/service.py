@@ -254,6 +254,8 @@ def user_update(session: Session, actor: Actor, username: str, changes: dict[str
     """Change a user's name, role, status or password, or unlock the account."""
     user = user_by_name(session, username)
     access.require(actor, "user.write", user_target(user), session)
+    if user.id == actor.user_id and (changes.get("is_active") is False or changes.get("role")):
+        raise Invalid("username", "you cannot deactivate yourself or change your own role")
     if "role" in changes and changes["role"] is not None:
         _check_role(changes["role"])
         if changes["role"] == access.PLATFORM_ADMIN and actor.role != access.PLATFORM_ADMIN:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import urlencode
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,19 +100,18 @@ async def get_actor(
     if cached is not None:
         return cached  # type: ignore[no-any-return]
     creds = _credentials(request)
-    actor: Actor | None = ANONYMOUS
+    actor: Actor = ANONYMOUS
     if creds is not None:
         kind, raw = creds
+        found: Actor | None
         if kind == "apikey":
-            actor = await run_in_threadpool(auth.apikey_actor, session, raw)
+            found = await run_in_threadpool(auth.apikey_actor, session, raw)
         else:
-            actor = await run_in_threadpool(auth.token_actor, session, raw, kind)
-        if actor is None:
-            if kind == "web":
-                actor = ANONYMOUS  # an expired console session just means "sign in again"
-            else:
-                raise Unauthorized("invalid, expired or revoked credentials / 凭证无效、过期或已吊销")
-        elif kind == "web" and request.method not in SAFE_METHODS:
+            found = await run_in_threadpool(auth.token_actor, session, raw, kind)
+        if found is None and kind != "web":  # an expired console session just means "sign in"
+            raise Unauthorized("invalid, expired or revoked credentials / 凭证无效、过期或已吊销")
+        actor = found or ANONYMOUS
+        if found is not None and kind == "web" and request.method not in SAFE_METHODS:
             presented = request.headers.get(CSRF_HEADER)
             if presented is None and "form" in request.headers.get("content-type", ""):
                 form = await request.form()
@@ -161,7 +161,8 @@ def _wants_html(request: Request) -> bool:
 
 def _html_error(request: Request, status: int, title: str, detail: str) -> Response:
     if status == 401:
-        return RedirectResponse(f"/console/login?next={request.url.path}", status_code=303)
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/console/login?{urlencode({'next': target})}", status_code=303)
     templates = platform_of(request).templates
     return templates.TemplateResponse(
         request, "error.html",

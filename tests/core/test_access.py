@@ -104,3 +104,10 @@ def test_every_role_has_a_decision_for_every_core_action(role):
     for action in access.PERMISSIONS:
         decision = access.decide(actor, action, Target("t", department_id=9, department_path="/9/"))
         assert decision.reason  # allow or deny, always with a reason
+
+
+def test_admin_cannot_deactivate_self(client, city):
+    r = client.patch("/api/users/police_admin", json={"is_active": False},
+                     headers=city.headers("police_admin"))
+    assert r.status_code == 422
+    assert client.get("/api/me", headers=city.headers("police_admin")).status_code == 200

@@ -1,4 +1,4 @@
-"""Core commands: serve, db, department, user, apikey, audit (Typer + Rich)."""
+"""Core commands: serve, db, department, user, apikey, audit, keys, backup, restore (Typer + Rich)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 from sqlalchemy.orm import Session
 
@@ -64,6 +65,7 @@ department_app = typer.Typer(help="Departments / 部门", no_args_is_help=True)
 user_app = typer.Typer(help="Users / 用户", no_args_is_help=True)
 apikey_app = typer.Typer(help="API keys for machine clients / 接口密钥", no_args_is_help=True)
 audit_app = typer.Typer(help="Audit log / 审计日志", no_args_is_help=True)
+keys_app = typer.Typer(help="Field-encryption keys / 字段加密密钥", no_args_is_help=True)
 
 
 @db_app.command("upgrade")
@@ -153,6 +155,101 @@ def audit_verify() -> None:
         raise typer.Exit(1)
 
 
+@keys_app.command("rotate")
+def keys_rotate(
+    retire: Annotated[bool, typer.Option(
+        help="then drop keys no ciphertext names any more (restart servers first)")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="rows per batch")] = 1000,
+) -> None:
+    """Add a new data key and index key, re-encrypt every encrypted column under them (轮换)."""
+    from cityos.core import keys
+
+    with cli_session() as (_, session), Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(context: str, done: int, total: int) -> None:
+            if context not in tasks:
+                tasks[context] = bar.add_task(context, total=total)
+            bar.update(tasks[context], completed=done, total=total)
+
+        try:
+            report = keys.keys_rotate(session, cli_actor(), retire_unused=retire,
+                                      batch_size=batch_size, progress=progress)
+        except keys.RotationError as exc:
+            err_console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+    table = Table("column", "rows re-encrypted")
+    for context, count in report.rotated.items():
+        table.add_row(context, str(count))
+    console.print(table)
+    console.print(f"active key [bold]{report.key_id}[/bold]; {report.total} ciphertexts rotated"
+                  f"{f'; retired {len(report.retired)} keys' if retire else ''}")
+    console.print("restart running servers so they encrypt under the new key / 请重启服务")
+
+
+def _backup_step(message: str) -> None:
+    console.print(f"  [cyan]→[/cyan] {message}")
+
+
+@contextmanager
+def _backup_errors() -> Iterator[None]:
+    from cityos.core.backup import BackupError
+
+    try:
+        yield
+    except (BackupError, CityOSError) as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+def backup(
+    file: Annotated[Path, typer.Argument(help="the .tar.gz to write")],
+    force: Annotated[bool, typer.Option(help="overwrite FILE if it exists")] = False,
+) -> None:
+    """Back up the database and keyring while the server runs (备份); the file holds the keys."""
+    from cityos.core import backup as backups
+
+    settings = settings_or_exit()
+    if file.exists() and not force:
+        err_console.print(f"[red]{file} exists; use --force to overwrite[/red]")
+        raise typer.Exit(2)
+    with _backup_errors():
+        manifest = backups.backup_create(settings, file, cli_actor(), report=_backup_step)
+    table = Table("table", "rows")
+    for name, stat in manifest.tables.items():
+        table.add_row(name, str(stat.rows))
+    console.print(table)
+    console.print(f"[green]backup written to {file}[/green] ({manifest.backend}, revision "
+                  f"{manifest.alembic_revision}). It contains the encryption keys: store it "
+                  "securely / 备份含密钥，请妥善保管")
+
+
+def restore(
+    file: Annotated[Path, typer.Argument(help="a file made by `cityos backup`", exists=True,
+                                         dir_okay=False)],
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+) -> None:
+    """Replace the database and keyring with a backup (恢复). Stop the server first."""
+    from cityos.core import backup as backups
+
+    settings = settings_or_exit()
+    if not yes:
+        if not sys.stdin.isatty():
+            err_console.print("[red]--yes is required when not on a terminal[/red]")
+            raise typer.Exit(2)
+        typer.confirm(f"replace the database and keys.json with {file}?", abort=True)
+    with _backup_errors():
+        manifest = backups.backup_restore(settings, file, cli_actor(), report=_backup_step)
+    console.print(f"[green]restored {file}[/green] (taken {manifest.created_at}, "
+                  f"{sum(t.rows for t in manifest.tables.values())} rows, revision "
+                  f"{manifest.alembic_revision}); the previous keys.json was kept beside it")
+    if manifest.alembic_revision != db.head_revision():
+        console.print("run `cityos db upgrade` to bring the schema to this version's "
+                      f"({db.head_revision()})")
+
+
 def register(app: typer.Typer) -> None:
     """Mount the core's command groups on the top-level `cityos` command."""
     app.add_typer(db_app, name="db")
@@ -160,3 +257,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(user_app, name="user")
     app.add_typer(apikey_app, name="apikey")
     app.add_typer(audit_app, name="audit")
+    app.add_typer(keys_app, name="keys")
+    app.command("backup")(backup)
+    app.command("restore")(restore)

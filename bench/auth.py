@@ -7,8 +7,9 @@ created beside the one named, dropped afterwards), seeds a small city, starts th
 (`cityos serve`) in a subprocess on a free loopback port, and drives it with concurrent keep-alive
 httpx clients in threads:
 
-  GET /healthz                       no credentials (it still runs two small queries)
-  GET /api/departments?limit=10      bearer token: token lookup + access decision, not audited
+  GET /api/departments/220200-gaj   no credentials: the public directory (the baseline)
+  GET /api/departments/220200-gaj   the same handler with a bearer token: token lookup + access
+                                     decision; the difference is the cost of authentication
   GET /api/users/police_staff        bearer token as a department admin: token lookup, access
                                      decision, decryption of personal data and one audit record
 
@@ -181,8 +182,9 @@ def bench(label: str, url: str, data_dir: Path, args: argparse.Namespace) -> dic
         r.raise_for_status()
         auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
         endpoints = [
-            ("GET /healthz (no auth)", "/healthz", {}),
-            ("GET /api/departments?limit=10 (auth, access check)", "/api/departments?limit=10",
+            # The baseline: the same handler as the next line, public, with no credentials.
+            ("GET /api/departments/{code} (no auth)", "/api/departments/220200-gaj", {}),
+            ("GET /api/departments/{code} (auth, access check)", "/api/departments/220200-gaj",
              auth),
             ("GET /api/users/{username} (auth, access check, audit)", "/api/users/police_staff",
              auth),

@@ -38,17 +38,18 @@ class Permission:
     action: str
     description: str
     reach: dict[str, str]
+    public: bool = False  # anyone may, signed in or not (e.g. the government directory)
 
 
 PERMISSIONS: dict[str, Permission] = {}
 
 
-def define(action: str, description: str, **reach: str) -> Permission:
+def define(action: str, description: str, public: bool = False, **reach: str) -> Permission:
     """Declare an action and the roles that may take it, e.g. define("user.read", ..., department_admin=SUBTREE)."""
     unknown = set(reach) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {unknown}")
-    perm = Permission(action, description, {PLATFORM_ADMIN: ALL, **reach})
+    perm = Permission(action, description, {PLATFORM_ADMIN: ALL, **reach}, public)
     PERMISSIONS[action] = perm
     return perm
 
@@ -126,7 +127,11 @@ def _within(actor: Actor, target: Target, reach: str) -> bool:
 def reach_of(actor: Actor, action: str) -> str | None:
     """How far `actor` reaches for `action` by role alone (None: not at all); lists filter by it."""
     perm = PERMISSIONS.get(action)
-    if perm is None or not actor.authenticated:
+    if perm is None:
+        return None
+    if perm.public:
+        return ALL
+    if not actor.authenticated:
         return None
     if actor.scopes is not None and action not in actor.scopes:
         return None
@@ -138,6 +143,8 @@ def decide(actor: Actor, action: str, target: Target | None = None, session: Any
     perm = PERMISSIONS.get(action)
     if perm is None:
         return Decision(False, f"undeclared action {action!r}")
+    if perm.public:
+        return Decision(True, "public")
     if not actor.authenticated:
         return Decision(False, "not signed in")
     if actor.scopes is not None and action not in actor.scopes:
@@ -174,8 +181,8 @@ def require(actor: Actor, action: str, target: Target | None = None, session: An
 
 
 # The core's own actions. Engines declare theirs in their service modules.
-define("department.read", "See departments", department_admin=ALL, department_staff=ALL,
-       auditor=ALL, resident=ALL)
+# The government directory (部门名录) is public: residents need to know who is responsible.
+define("department.read", "See the department directory", public=True)
 define("department.write", "Create or change departments", department_admin=SUBTREE)
 define("user.read", "See users and their personal data", department_admin=SUBTREE,
        department_staff=OWN, auditor=SUBTREE, resident=SELF)

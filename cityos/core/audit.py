@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from cityos.core.crypto import HASH_ALGO, digest
@@ -70,6 +70,14 @@ def record_hash(rec: AuditRecord | dict[str, Any]) -> str:
     return digest(_canonical(rec), algo)
 
 
+_BUMP_HEAD = (
+    update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1)
+    .returning(AuditHead.seq, AuditHead.hash)
+)
+_SET_HEAD = update(AuditHead).where(AuditHead.id == 1).values(hash=bindparam("hash"))
+_INSERT = insert(AuditRecord)
+
+
 def append(
     session: Session,
     *,
@@ -81,19 +89,14 @@ def append(
     purpose: str | None = None,
     outcome: str = "success",
     detail: dict[str, Any] | None = None,
-) -> AuditRecord:
+) -> str:
     """Add one record to the chain inside the caller's transaction (it commits or rolls back
-    with the write it describes)."""
+    with the write it describes); return its hash."""
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {OUTCOMES}")
     # Bumping the head row takes its row lock (PostgreSQL) or the write lock (SQLite): appenders
     # queue here, so no two records ever claim the same predecessor.
-    row = session.execute(
-        update(AuditHead)
-        .where(AuditHead.id == 1)
-        .values(seq=AuditHead.seq + 1)
-        .returning(AuditHead.seq, AuditHead.hash)
-    ).one()
+    row = session.execute(_BUMP_HEAD).one()
     seq, prev = int(row[0]), str(row[1])
     at = utcnow()
     fields: dict[str, Any] = {
@@ -114,10 +117,10 @@ def append(
     if fields["detail"] is not None:
         fields["detail"] = orjson.loads(orjson.dumps(fields["detail"]))
     fields["hash"] = record_hash(fields)
-    record = AuditRecord(**fields)
-    session.add(record)
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=fields["hash"]))
-    return record
+    # Core statements, not ORM objects: this runs on every write and audited read.
+    session.execute(_INSERT, fields)
+    session.execute(_SET_HEAD, {"hash": fields["hash"]})
+    return str(fields["hash"])
 
 
 @dataclass

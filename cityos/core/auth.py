@@ -132,20 +132,20 @@ def token_issue(session: Session, user: User, kind: str, ttl_seconds: int) -> tu
 def token_actor(session: Session, raw: str, kind: str) -> Actor | None:
     """Resolve a raw token to its actor, or None if unknown, expired, revoked or locked out."""
     row = session.execute(
-        select(AuthToken, User, Department)
+        select(AuthToken.id, AuthToken.expires_at, AuthToken.revoked_at, User.id, User.username,
+               User.role, User.is_active, Department.id, Department.code, Department.path)
         .join(User, AuthToken.user_id == User.id)
         .join(Department, User.department_id == Department.id)
         .where(AuthToken.token_hash == sha256(raw), AuthToken.kind == kind)
     ).first()
     if row is None:
         return None
-    token, user, dept = row
-    if token.revoked_at is not None or token.expires_at <= utcnow() or not user.is_active:
+    token_id, expires_at, revoked_at, user_id, username, role, active, dept_id, code, path = row
+    if revoked_at is not None or expires_at <= utcnow() or not active:
         return None
     return Actor(
-        kind="user", name=user.username, role=user.role, user_id=user.id,
-        department_id=dept.id, department_code=dept.code, department_path=dept.path,
-        token_id=token.id,
+        kind="user", name=username, role=role, user_id=user_id, department_id=dept_id,
+        department_code=code, department_path=path, token_id=token_id,
     )
 
 

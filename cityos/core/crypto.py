@@ -215,16 +215,31 @@ def constant_time_equal(a: str, b: str) -> bool:
 
 
 _current: Keyring | None = None
+_current_mtime: float = 0.0
+
+
+def _mtime(path: Path | None) -> float:
+    try:
+        return path.stat().st_mtime if path else 0.0
+    except OSError:
+        return 0.0
 
 
 def activate(ring: Keyring) -> Keyring:
     """Make `ring` the process's keyring (done once by the app factory or the CLI)."""
-    global _current
-    _current = ring
+    global _current, _current_mtime
+    _current, _current_mtime = ring, _mtime(ring.path)
     return ring
 
 
 def keyring() -> Keyring:
+    """The process's keyring, reloaded when `cityos keys rotate` (another process) rewrote the
+    file, so running servers pick up new keys without a restart."""
+    global _current, _current_mtime
     if _current is None:
         raise RuntimeError("no keyring loaded: call crypto.activate() at start-up")
+    if _current.path is not None:
+        mtime = _mtime(_current.path)
+        if mtime and mtime != _current_mtime:
+            _current, _current_mtime = Keyring.load(_current.path), mtime
     return _current

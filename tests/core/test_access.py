@@ -68,9 +68,17 @@ def test_auditor_reads_audit_log_staff_does_not(client, city):
 
 
 def test_anonymous_gets_401_not_data(client, city):
-    for path in ("/api/users", "/api/departments", "/api/audit", "/api/apikeys"):
+    for path in ("/api/users", "/api/audit", "/api/apikeys", "/api/users/admin"):
         r = client.get(path)
         assert r.status_code == 401, path
+
+
+def test_department_directory_is_public_but_writing_is_not(client, city):
+    assert client.get("/api/departments/220200-gaj").json()["name"] == "市公安局"
+    assert client.get("/api/departments").json()["total"] == len(city.departments)
+    r = client.post("/api/departments", json={"code": "x1", "name": "X", "kind": "bureau",
+                                               "parent_code": "220200"})
+    assert r.status_code == 401
 
 
 def test_undeclared_action_is_denied():

@@ -119,7 +119,7 @@ def test_api_key_is_shown_once_scoped_and_revocable(client, city):
     # Another department's user: denied.
     assert client.get("/api/users/env_staff", headers={"X-API-Key": key}).status_code == 403
     # Out of scope: denied.
-    assert client.get("/api/departments", headers={"Authorization": f"Bearer {key}"}).status_code == 403
+    assert client.get("/api/apikeys", headers={"Authorization": f"Bearer {key}"}).status_code == 403
     # Revoked: no longer accepted.
     assert client.delete(f"/api/apikeys/{prefix}",
                          headers=city.headers("police_admin")).status_code == 204

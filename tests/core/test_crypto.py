@@ -68,3 +68,23 @@ def test_same_id_number_twice_is_a_conflict(client, city):
                        json={"username": "a1", **body}).status_code == 201
     r = client.post("/api/users", headers=city.headers("admin"), json={"username": "a2", **body})
     assert r.status_code == 409 and r.json()["errors"][0]["field"] == "id_number"
+
+
+def test_running_process_picks_up_a_rotated_keyring(tmp_path, keyring):
+    path = tmp_path / "keys.json"
+    crypto.activate(crypto.Keyring.load(path))
+    try:
+        old = crypto.keyring().active
+        token = crypto.keyring().encrypt("13912345678", "users.phone")
+        import os
+        import time
+
+        other = crypto.Keyring.load(path)  # as `cityos keys rotate` in another process would
+        time.sleep(0.01)
+        new = other.add_key()
+        other.save()
+        os.utime(path, None)
+        assert crypto.keyring().active == new != old
+        assert crypto.keyring().decrypt(token, "users.phone") == "13912345678"
+    finally:
+        crypto.activate(keyring)

@@ -50,7 +50,7 @@ from sqlalchemy import Connection, MetaData, create_engine, inspect, select, tex
 from sqlalchemy.engine import make_url
 
 import cityos
-from cityos.core import access, audit, db
+from cityos.core import access, audit, crypto, db
 from cityos.core.access import Actor
 from cityos.core.settings import Settings
 
@@ -512,12 +512,6 @@ def _restore_keys(data_dir: Path, keys_file: Path) -> None:
             out.write(target.read_bytes())
             out.flush()
             os.fsync(out.fileno())
-    tmp = data_dir / f".{KEYS}.restore"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(keys_file.read_bytes())
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, target)
+    crypto.write_private(target, keys_file.read_bytes())
     _fsync_dir(data_dir)
 

@@ -66,6 +66,18 @@ def _hmac(key: bytes, data: bytes) -> str:
     return mac.finalize().hex()
 
 
+def write_private(target: Path, data: bytes) -> None:
+    """Write a secret file atomically with mode 0600: a temp file, fsync, then rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, target)
+
+
 class DecryptError(Exception):
     """A ciphertext was altered, or its key is missing from the keyring."""
 
@@ -101,8 +113,6 @@ class Keyring:
     def save(self, path: Path | None = None) -> None:
         target = path or self.path
         assert target is not None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
         body = {
             "version": 1,
             "active": self.active,
@@ -110,12 +120,7 @@ class Keyring:
             "active_index": self.active_index,
             "index_keys": self.index_keys,
         }
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(body, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        write_private(target, json.dumps(body, indent=1).encode())
         self.path = target
 
     @classmethod

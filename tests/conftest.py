@@ -7,6 +7,7 @@ CI must never pass by silently skipping a database.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 import threading
@@ -20,12 +21,12 @@ import pytest
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from cityos.app import create_app
-from cityos.core import access, auth, crypto, db, service
+from cityos.core import access, auth, crypto, db, identifiers, service
 from cityos.core.access import SYSTEM
 from cityos.core.db import Base
 from cityos.core.settings import Settings, load_settings
@@ -88,6 +89,10 @@ def _truncate(engine: Engine) -> None:
     import_all_models()
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
     with engine.begin() as conn:
+        # The data hub's per-resource tables are built at run time; a test starts without them.
+        for name in inspect(conn).get_table_names():
+            if name.startswith("hub_data_"):
+                conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
         if engine.dialect.name == "postgresql":
             conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
         else:
@@ -248,3 +253,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> No
     for item in items:
         if "browser" in item.keywords:
             item.add_marker(pytest.mark.skip(reason="chromium not installed"))
+
+
+# -- data hub -------------------------------------------------------------------------------------
+
+def people_spec(**overrides: object) -> dict[str, object]:
+    """A 市公安局 resource keyed by citizen ID number (sensitive), as tests across the hub use it."""
+    spec: dict[str, object] = {
+        "name": "户籍人口", "name_en": "Registered residents", "category": "department",
+        "department": "220200-gaj", "abstract": "户籍人口基本信息", "share_type": "conditional",
+        "share_condition": "用于政务服务身份核验", "share_basis": "《吉林市政务信息资源共享管理办法》",
+        "share_methods": ["api"], "open_type": "closed", "update_cycle": "daily",
+        "items": [
+            {"name": "id_number", "title": "身份证号", "type": "citizen_id", "sensitivity": "sensitive",
+             "required": True, "is_key": True},
+            {"name": "name", "title": "姓名", "type": "string", "sensitivity": "internal", "required": True},
+            {"name": "gender", "title": "性别", "type": "string", "choices": ["男", "女"]},
+            {"name": "birth_date", "title": "出生日期", "type": "date"},
+            {"name": "district", "title": "所属区县", "type": "string", "indexed": True},
+            {"name": "household_size", "title": "家庭人口", "type": "integer", "minimum": 1, "maximum": 30},
+        ],
+    }
+    spec.update(overrides)
+    return spec
+
+
+def person_row(n: int, district: str = "昌邑区") -> dict[str, object]:
+    """A fake but well-formed resident: ID numbers pass the GB 11643 check."""
+    first17 = f"220202{1950 + n % 50:04d}{1 + n % 12:02d}{1 + n % 28:02d}{n % 1000:03d}"
+    return {"id_number": identifiers.citizen_id_with_check(first17), "name": f"居民{n}",
+            "gender": "男" if n % 2 else "女",
+            "birth_date": dt.date(1950 + n % 50, 1 + n % 12, 1 + n % 28), "district": district,
+            "household_size": 1 + n % 5}

@@ -1,0 +1,368 @@
+"""Data hub operations (数据共享交换平台): the catalog (资源目录), and — re-exported at the end —
+loading, sharing and the base registries. Other engines import this module only.
+
+Plain functions `(session, actor, ...) -> result`; each checks access once through
+`core.access` and audits every write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.orm import Session, selectinload
+
+from cityos.core import access, audit, crypto
+from cityos.core.access import ALL, OWN, SUBTREE, Actor, Target
+from cityos.core.db import utcnow
+from cityos.core.errors import Conflict, Invalid, NotFound
+from cityos.core.identifiers import validate_credit_code
+from cityos.core.models import Department
+from cityos.core.service import Paged, department_by_code, paginate
+from cityos.hub import store
+from cityos.hub.models import Grant, Item, NegativeEntry, Resource, Version
+
+# -- vocabularies (GB/T 21063 and the 2017 compilation guide) -------------------------------------
+
+CATEGORIES = {"base": ("1", "基础信息资源", "Base"), "theme": ("2", "主题信息资源", "Theme"),
+              "department": ("3", "部门信息资源", "Department")}
+BASE_BRANCHES = {  # branch: (item code, 中文, English)
+    "population": ("01", "人口基础信息库", "Population"),
+    "legal_person": ("02", "法人单位基础信息库", "Legal persons"),
+    "geo": ("03", "自然资源和空间地理基础信息库", "Natural resources and geography"),
+    "credit": ("04", "社会信用信息库", "Social credit"),
+    "licence": ("05", "电子证照库", "Electronic licences"),
+}
+SHARE_TYPES = {"unconditional": "无条件共享", "conditional": "有条件共享", "none": "不予共享"}
+OPEN_TYPES = {"open": "无条件开放", "conditional": "有条件开放", "closed": "不予开放"}
+SHARE_METHODS = {"api": "接口", "query": "在线查询", "download": "下载"}
+FORMATS = {"table": "数据库表", "file": "文件", "api": "接口", "geo": "空间数据"}
+UPDATE_CYCLES = {  # cycle: (中文, days; None = no fixed cycle)
+    "realtime": ("实时", 1), "daily": ("每日", 1), "weekly": ("每周", 7), "monthly": ("每月", 31),
+    "quarterly": ("每季度", 92), "yearly": ("每年", 366), "irregular": ("不定期", None),
+}
+SENSITIVITIES = {"public": "公开", "internal": "内部", "sensitive": "敏感"}
+
+# -- permissions ----------------------------------------------------------------------------------
+
+access.define("hub.catalog.read", "Browse the data catalog (资源目录)",
+              department_admin=ALL, department_staff=ALL, auditor=ALL)
+access.define("hub.resource.write", "Catalog and describe a department's resources",
+              department_admin=SUBTREE, department_staff=OWN)
+access.define("hub.data.load", "Load data into a department's resource",
+              department_admin=SUBTREE, department_staff=OWN)
+# Data itself: own department only, for every role; anything else needs a sharing grant.
+access.define("hub.data.read", "Read a resource's rows", platform_admin=OWN,
+              department_admin=OWN, department_staff=OWN)
+access.define("hub.request.create", "Ask another department for a resource (共享申请)",
+              platform_admin=OWN, department_admin=OWN, department_staff=OWN)
+access.define("hub.request.read", "See requests to or from one's department",
+              department_admin=OWN, department_staff=OWN, auditor=SUBTREE)
+access.define("hub.request.decide", "Approve or refuse requests for one's resources (审核)",
+              department_admin=OWN)
+access.define("hub.stats.read", "See the sharing figures", department_admin=ALL,
+              department_staff=ALL, auditor=ALL)
+
+
+def _grant_resolver(session: Any, actor: Actor, action: str, target: Target) -> Grant | None:
+    """A sharing grant lets the grantee department's users and keys read a resource."""
+    if action != "hub.data.read" or target.kind != "hub.resource" or session is None:
+        return None
+    if actor.department_id is None:
+        return None
+    today = dt.datetime.now(dt.UTC).date()
+    return session.scalar(  # type: ignore[no-any-return]
+        select(Grant).where(
+            Grant.resource_id == target.id, Grant.department_id == actor.department_id,
+            Grant.revoked_at.is_(None), or_(Grant.valid_until.is_(None), Grant.valid_until >= today),
+        ).order_by(Grant.id.desc()).limit(1)
+    )
+
+
+access.register_grant_resolver(_grant_resolver)
+
+
+def resource_target(resource: Resource) -> Target:
+    return Target("hub.resource", resource.id, resource.department_id, resource.department.path)
+
+
+# -- catalog --------------------------------------------------------------------------------------
+
+
+def layout_of(resource: Resource) -> store.Layout:
+    """The resource's storage layout, built from its items."""
+    fields = [store.Field(i.name, i.type, i.encrypted, i.indexed) for i in resource.items]
+    return store.build_layout(resource.id, fields, resource.key_fields)
+
+
+def resource_get(session: Session, actor: Actor, code: str) -> Resource:
+    """A resource by its code (any staff may read the catalog entry, not the data)."""
+    access.require(actor, "hub.catalog.read", session=session)
+    return resource_by_code(session, code)
+
+
+def resource_by_code(session: Session, code: str) -> Resource:
+    res = session.scalar(
+        select(Resource).where(Resource.code == code)
+        .options(selectinload(Resource.items), selectinload(Resource.department))
+    )
+    if res is None:
+        raise NotFound("resource", code)
+    return res
+
+
+def _check_choice(field: str, value: Any, choices: dict[str, Any]) -> None:
+    if value not in choices:
+        raise Invalid(field, f"must be one of {', '.join(choices)} / 取值须为 {', '.join(choices)}")
+
+
+def _check_items(items: list[dict[str, Any]], key_fields: list[str]) -> None:
+    if not items:
+        raise Invalid("items", "a resource needs at least one information item / 至少需要一个信息项")
+    for n, item in enumerate(items):
+        if item.get("type") not in store.TYPES:
+            raise Invalid(f"items[{n}].type", f"must be one of {', '.join(store.TYPES)} / 类型不合法")
+        _check_choice(f"items[{n}].sensitivity", item.get("sensitivity", "public"), SENSITIVITIES)
+        if item.get("type") == "citizen_id" and item.get("sensitivity", "public") != "sensitive":
+            raise Invalid(f"items[{n}].sensitivity",
+                          "ID numbers are personal data: mark the item sensitive / 身份证号须标为敏感")
+    fields = [store.Field(i["name"], i["type"], i.get("sensitivity") == "sensitive") for i in items]
+    store.build_layout(0, fields, key_fields)  # names, types and keys, checked in one place
+
+
+def _check_sharing(spec: dict[str, Any]) -> None:
+    _check_choice("share_type", spec.get("share_type"), SHARE_TYPES)
+    _check_choice("open_type", spec.get("open_type"), OPEN_TYPES)
+    _check_choice("update_cycle", spec.get("update_cycle"), UPDATE_CYCLES)
+    _check_choice("format", spec.get("format", "table"), FORMATS)
+    for m in spec.get("share_methods") or []:
+        _check_choice("share_methods", m, SHARE_METHODS)
+    if spec["share_type"] in ("conditional", "none"):
+        for f in ("share_condition", "share_basis"):
+            if not (spec.get(f) or "").strip():
+                raise Invalid(f, "required for conditional or refused sharing / 有条件共享或不予共享时必填")
+
+
+def _next_sequence(session: Session, class_code: str, item_code: str, entry_code: str) -> int:
+    top = session.scalar(select(func.max(Resource.sequence)).where(
+        Resource.class_code == class_code, Resource.item_code == item_code,
+        Resource.entry_code == entry_code))
+    return int(top or 0) + 1
+
+
+def resource_create(session: Session, actor: Actor, spec: dict[str, Any]) -> Resource:
+    """Catalog a resource (编目) with its information items and create its tables."""
+    spec = dict(spec)
+    dept = department_by_code(session, spec.pop("department")) if spec.get("department") else (
+        session.get(Department, actor.department_id) if actor.department_id else None)
+    if dept is None:
+        raise Invalid("department", "the provider department is required / 须指定提供部门")
+    access.require(actor, "hub.resource.write", Target("hub.resource", None, dept.id, dept.path), session)
+    _check_choice("category", spec.get("category"), CATEGORIES)
+    branch = spec.get("base_branch")
+    if branch is not None:
+        _check_choice("base_branch", branch, BASE_BRANCHES)
+        if spec["category"] != "base":
+            raise Invalid("base_branch", "only base resources have a branch / 仅基础信息资源有基础库分类")
+    _check_sharing(spec)
+    items = [dict(i) for i in spec.pop("items", [])]
+    key_fields = list(spec.pop("key_fields", None) or [i["name"] for i in items if i.get("is_key")])
+    _check_items(items, key_fields)
+    credit = spec.pop("provider_credit_code", None) or dept.credit_code
+    if credit:
+        credit = validate_credit_code(credit, "provider_credit_code")
+    class_code = CATEGORIES[spec["category"]][0]
+    item_code = spec.pop("item_code", None) or (BASE_BRANCHES[branch][0] if branch else "01")
+    entry_code = spec.pop("entry_code", None) or "001"
+    sequence = spec.pop("sequence", None) or _next_sequence(session, class_code, item_code, entry_code)
+    code = f"{class_code}{item_code}{entry_code}/{sequence:06d}"
+    if session.scalar(select(Resource.id).where(Resource.code == code)):
+        raise Conflict(f"resource code {code} is taken / 资源代码已存在", "sequence")
+    res = Resource(
+        code=code, class_code=class_code, item_code=item_code, entry_code=entry_code,
+        sequence=sequence, department_id=dept.id, provider_credit_code=credit,
+        key_fields=key_fields, **spec,
+    )
+    res.department = dept
+    for pos, item in enumerate(items):
+        authority = item.pop("authority", None)
+        item.pop("encrypted", None)
+        it = Item(position=pos, is_key=item.pop("is_key", False) or item["name"] in key_fields, **item)
+        if authority:
+            it.authority_department_id = department_by_code(session, authority).id
+        res.items.append(it)
+    session.add(res)
+    session.flush()
+    res.table_name = store.table_name(res.id)
+    store.create_tables(session.connection(), layout_of(res))
+    if res.share_type == "none":
+        session.add(NegativeEntry(department_id=dept.id, resource_id=res.id, name=res.name,
+                                  reason=res.share_condition or "", basis=res.share_basis))
+    audit.append(session, actor=actor.name, action="hub.resource.create", department=dept.code,
+                 object_type="hub.resource", object_id=code, detail={"name": res.name})
+    return res
+
+
+EDITABLE = {"name", "name_en", "abstract", "format", "share_type", "share_condition", "share_basis",
+            "share_methods", "open_type", "update_cycle", "released_on", "related", "keywords", "secret",
+            "provider_credit_code"}
+
+
+def resource_update(session: Session, actor: Actor, code: str, changes: dict[str, Any]) -> Resource:
+    """Change a resource's description (not its items or code)."""
+    res = resource_by_code(session, code)
+    access.require(actor, "hub.resource.write", resource_target(res), session)
+    unknown = set(changes) - EDITABLE
+    if unknown:
+        raise Invalid(sorted(unknown)[0], "cannot be changed here / 此处不可修改")
+    merged = {c: getattr(res, c) for c in EDITABLE} | changes
+    _check_sharing(merged)
+    if changes.get("provider_credit_code"):
+        changes["provider_credit_code"] = validate_credit_code(changes["provider_credit_code"],
+                                                               "provider_credit_code")
+    for k, v in changes.items():
+        setattr(res, k, v)
+    if changes.get("share_type") == "none" and not session.scalar(
+            select(NegativeEntry.id).where(NegativeEntry.resource_id == res.id)):
+        session.add(NegativeEntry(department_id=res.department_id, resource_id=res.id, name=res.name,
+                                  reason=res.share_condition or "", basis=res.share_basis))
+    audit.append(session, actor=actor.name, action="hub.resource.update", department=res.department.code,
+                 object_type="hub.resource", object_id=code, detail={"fields": sorted(changes)})
+    return res
+
+
+def resource_list(
+    session: Session, actor: Actor, *, q: str | None = None, category: str | None = None,
+    base_branch: str | None = None, department: str | None = None, share_type: str | None = None,
+    open_type: str | None = None, update_cycle: str | None = None, limit: int = 50, offset: int = 0,
+) -> Paged:
+    """Search and browse the catalog (资源目录检索)."""
+    access.require(actor, "hub.catalog.read", session=session)
+    stmt: Select[Any] = select(Resource).options(selectinload(Resource.department),
+                                                 selectinload(Resource.items))
+    if q:
+        like = f"%{q.strip()}%"
+        stmt = stmt.where(or_(Resource.name.like(like), Resource.abstract.like(like),
+                              Resource.code.like(like), Resource.name_en.like(like)))
+    for col, value, vocab in ((Resource.category, category, CATEGORIES),
+                              (Resource.base_branch, base_branch, BASE_BRANCHES),
+                              (Resource.share_type, share_type, SHARE_TYPES),
+                              (Resource.open_type, open_type, OPEN_TYPES),
+                              (Resource.update_cycle, update_cycle, UPDATE_CYCLES)):
+        if value:
+            _check_choice(col.key, value, vocab)
+            stmt = stmt.where(col == value)
+    if department:
+        stmt = stmt.where(Resource.department_id == department_by_code(session, department).id)
+    return paginate(session, stmt.order_by(Resource.code), limit, offset)
+
+
+def resource_public(res: Resource) -> dict[str, Any]:
+    """The catalog entry as the API and exports show it."""
+    return {
+        "code": res.code, "name": res.name, "name_en": res.name_en, "category": res.category,
+        "class_code": res.class_code, "item_code": res.item_code, "entry_code": res.entry_code,
+        "sequence": res.sequence, "base_branch": res.base_branch,
+        "department": res.department.code, "department_name": res.department.name,
+        "provider_credit_code": res.provider_credit_code, "abstract": res.abstract, "format": res.format,
+        "share_type": res.share_type, "share_condition": res.share_condition,
+        "share_basis": res.share_basis, "share_methods": res.share_methods, "open_type": res.open_type,
+        "update_cycle": res.update_cycle,
+        "released_on": res.released_on.isoformat() if res.released_on else None,
+        "related": res.related, "keywords": res.keywords, "secret": res.secret,
+        "key_fields": res.key_fields, "current_version": res.current_version, "row_count": res.row_count,
+        "last_loaded_at": res.last_loaded_at.isoformat() if res.last_loaded_at else None,
+        "items": [item_public(i) for i in res.items],
+    }
+
+
+def item_public(i: Item) -> dict[str, Any]:
+    return {
+        "name": i.name, "title": i.title, "type": i.type, "unit": i.unit, "sensitivity": i.sensitivity,
+        "required": i.required, "is_key": i.is_key, "indexed": i.indexed, "minimum": i.minimum,
+        "maximum": i.maximum, "max_length": i.max_length, "pattern": i.pattern, "choices": i.choices,
+        "description": i.description, "authority_department_id": i.authority_department_id,
+    }
+
+
+def negative_list(session: Session, actor: Actor, *, department: str | None = None,
+                  limit: int = 50, offset: int = 0) -> Paged:
+    """The negative list (负面清单): what is not shared, and why."""
+    access.require(actor, "hub.catalog.read", session=session)
+    stmt: Select[Any] = select(NegativeEntry).options(selectinload(NegativeEntry.department))
+    if department:
+        stmt = stmt.where(NegativeEntry.department_id == department_by_code(session, department).id)
+    return paginate(session, stmt.order_by(NegativeEntry.id), limit, offset)
+
+
+def negative_add(session: Session, actor: Actor, *, name: str, reason: str, basis: str | None = None,
+                 department: str | None = None) -> NegativeEntry:
+    """Add an entry to the negative list with its reason."""
+    dept = department_by_code(session, department) if department else session.get(
+        Department, actor.department_id)
+    if dept is None:
+        raise Invalid("department", "required / 必填")
+    access.require(actor, "hub.resource.write", Target("hub.resource", None, dept.id, dept.path), session)
+    if not reason.strip():
+        raise Invalid("reason", "a reason is required / 须说明理由")
+    entry = NegativeEntry(department_id=dept.id, name=name, reason=reason, basis=basis)
+    session.add(entry)
+    session.flush()
+    audit.append(session, actor=actor.name, action="hub.negative.add", department=dept.code,
+                 object_type="hub.negative", object_id=entry.id, detail={"name": name})
+    return entry
+
+
+# -- versions and quality -------------------------------------------------------------------------
+
+
+def version_list(session: Session, actor: Actor, code: str, *, limit: int = 50, offset: int = 0) -> Paged:
+    """A resource's load history (版本历史), newest first."""
+    res = resource_get(session, actor, code)
+    stmt: Select[Any] = select(Version).where(Version.resource_id == res.id).order_by(Version.number.desc())
+    return paginate(session, stmt, limit, offset)
+
+
+@dataclass
+class Quality:
+    """Quality score (数据质量): completeness, validity, timeliness, each 0..1, and the score."""
+
+    completeness: float | None
+    validity: float | None
+    timeliness: float | None
+    score: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (None if v is None else round(v, 4)) for k, v in self.__dict__.items()}
+
+
+def quality(session: Session, actor: Actor, code: str, now: dt.datetime | None = None) -> Quality:
+    """Completeness (non-empty share of items), validity (valid share of the last load) and
+    timeliness (age of the data against its update cycle: full marks within one cycle,
+    falling to zero at two)."""
+    res = resource_get(session, actor, code)
+    layout = layout_of(res)
+    t = layout.table
+    completeness = None
+    if res.row_count:
+        counts = session.execute(select(func.count(), *[func.count(t.c[f.name]) for f in layout.fields])
+                                 ).one()
+        total = counts[0]
+        completeness = sum(counts[1:]) / (total * len(layout.fields)) if total else None
+    timeliness = None
+    days = UPDATE_CYCLES[res.update_cycle][1]
+    if res.last_loaded_at is not None:
+        if days is None:
+            timeliness = 1.0
+        else:
+            age = ((now or utcnow()) - res.last_loaded_at).total_seconds() / 86400
+            timeliness = max(0.0, min(1.0, 2 - age / days))
+    parts = [p for p in (completeness, res.validity, timeliness) if p is not None]
+    score = sum(parts) / len(parts) if parts else None
+    return Quality(completeness, res.validity, timeliness, score)
+
+
+def keyring() -> crypto.Keyring:
+    return crypto.keyring()

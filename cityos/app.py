@@ -13,8 +13,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     from cityos.core import api as core_api
     from cityos.core import pages as core_pages
     from cityos.core.web import build_app
+    from cityos.hub import api as hub_api
 
     settings = settings or load_settings()
     # Engines add their routers (and template folders) here as they land.
-    routers = [core_api.router, core_pages.router]
+    routers = [core_api.router, core_pages.router, hub_api.router]
     return build_app(settings, routers, template_dirs=[], engine=engine)

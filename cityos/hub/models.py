@@ -35,7 +35,8 @@ class Resource(Base):
     __tablename__ = "hub_resources"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    # Resource code (信息资源代码): "<class><item><entry>/<sequence>", e.g. "A01001/000123".
+    # Resource code (信息资源代码): "<class><item><entry>-<sequence>", e.g. "301001-000123"
+    # (GB/T 21063.4 separates the two parts with "/"; "-" keeps the code URL-safe).
     code: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     name: Mapped[str] = mapped_column(String(200), index=True)
     name_en: Mapped[str | None] = mapped_column(String(200))
@@ -123,6 +124,7 @@ class NegativeEntry(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     department: Mapped[Department] = relationship()
+    resource: Mapped[Resource | None] = relationship()
 
 
 class Version(Base):

@@ -177,7 +177,8 @@ def resource_create(session: Session, actor: Actor, spec: dict[str, Any]) -> Res
     item_code = spec.pop("item_code", None) or (BASE_BRANCHES[branch][0] if branch else "01")
     entry_code = spec.pop("entry_code", None) or "001"
     sequence = spec.pop("sequence", None) or _next_sequence(session, class_code, item_code, entry_code)
-    code = f"{class_code}{item_code}{entry_code}/{sequence:06d}"
+    # GB/T 21063.4 writes 前段码/后段码; the code joins them with "-" so that it is URL-safe.
+    code = f"{class_code}{item_code}{entry_code}-{sequence:06d}"
     if session.scalar(select(Resource.id).where(Resource.code == code)):
         raise Conflict(f"resource code {code} is taken / 资源代码已存在", "sequence")
     res = Resource(
@@ -262,7 +263,8 @@ def resource_list(
 def resource_public(res: Resource) -> dict[str, Any]:
     """The catalog entry as the API and exports show it."""
     return {
-        "code": res.code, "name": res.name, "name_en": res.name_en, "category": res.category,
+        "code": res.code, "catalog_code": res.code.replace("-", "/"), "name": res.name,
+        "name_en": res.name_en, "category": res.category,
         "class_code": res.class_code, "item_code": res.item_code, "entry_code": res.entry_code,
         "sequence": res.sequence, "base_branch": res.base_branch,
         "department": res.department.code, "department_name": res.department.name,
@@ -278,6 +280,63 @@ def resource_public(res: Resource) -> dict[str, Any]:
     }
 
 
+CATALOG_COLUMNS = ["catalog_code", "name", "category", "base_branch", "department_name",
+                   "provider_credit_code", "abstract", "format", "items", "share_type", "share_condition",
+                   "share_basis", "share_methods", "open_type", "update_cycle", "released_on", "related",
+                   "row_count", "current_version"]
+CATALOG_COLUMNS_ZH = ["信息资源代码", "信息资源名称", "资源分类", "基础库", "信息资源提供方",
+                      "提供方代码", "信息资源摘要", "信息资源格式", "信息项", "共享类型", "共享条件",
+                      "共享依据", "共享方式", "开放类型", "更新周期", "发布日期", "关联资源",
+                      "记录数", "当前版本"]
+
+
+def catalog_export(session: Session, actor: Actor, *, q: str | None = None, department: str | None = None,
+                   category: str | None = None) -> list[dict[str, Any]]:
+    """The whole catalog (or a search of it) for export, in pages so memory stays small."""
+    out: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        page = resource_list(session, actor, q=q, department=department, category=category,
+                             limit=500, offset=offset)
+        out += [resource_public(r) for r in page.items]
+        if page.next_offset is None:
+            return out
+        offset = page.next_offset
+
+
+def catalog_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One catalog entry flattened for CSV and XLSX, with codes shown in Chinese."""
+    return {
+        **r,
+        "category": CATEGORIES[r["category"]][1],
+        "base_branch": BASE_BRANCHES[r["base_branch"]][1] if r["base_branch"] else "",
+        "format": FORMATS.get(r["format"], r["format"]),
+        "items": "；".join(f"{i['title']}({i['name']})" for i in r["items"]),
+        "share_type": SHARE_TYPES[r["share_type"]], "open_type": OPEN_TYPES[r["open_type"]],
+        "share_methods": "、".join(SHARE_METHODS.get(m, m) for m in r["share_methods"]),
+        "update_cycle": UPDATE_CYCLES[r["update_cycle"]][0],
+        "related": "、".join(r["related"]), "share_condition": r["share_condition"] or "",
+        "share_basis": r["share_basis"] or "", "released_on": r["released_on"] or "",
+        "provider_credit_code": r["provider_credit_code"] or "",
+    }
+
+
+def catalog_xlsx(rows: list[dict[str, Any]]) -> bytes:
+    """The catalog as an Excel workbook (one sheet, Chinese headers)."""
+    import io
+
+    from openpyxl import Workbook
+
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet("资源目录")
+    ws.append(CATALOG_COLUMNS_ZH)
+    for r in rows:
+        ws.append([r[c] for c in CATALOG_COLUMNS])
+    buf = io.BytesIO()
+    wb.save(buf)
+    return buf.getvalue()
+
+
 def item_public(i: Item) -> dict[str, Any]:
     return {
         "name": i.name, "title": i.title, "type": i.type, "unit": i.unit, "sensitivity": i.sensitivity,
@@ -291,7 +350,8 @@ def negative_list(session: Session, actor: Actor, *, department: str | None = No
                   limit: int = 50, offset: int = 0) -> Paged:
     """The negative list (负面清单): what is not shared, and why."""
     access.require(actor, "hub.catalog.read", session=session)
-    stmt: Select[Any] = select(NegativeEntry).options(selectinload(NegativeEntry.department))
+    stmt: Select[Any] = select(NegativeEntry).options(selectinload(NegativeEntry.department),
+                                                      selectinload(NegativeEntry.resource))
     if department:
         stmt = stmt.where(NegativeEntry.department_id == department_by_code(session, department).id)
     return paginate(session, stmt.order_by(NegativeEntry.id), limit, offset)

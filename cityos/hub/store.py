@@ -447,13 +447,13 @@ def diff(conn: Connection, layout: Layout, ring: Keyring, a: int, b: int,
 
 def stage_version(writer: Writer, version: int) -> None:
     """Fill a replace-mode writer with the rows of an earlier version (for rollback)."""
-    if writer.direct or writer.mode != "replace":
-        raise ValueError("rollback needs a replace writer over a non-empty table")
+    if writer.mode != "replace":
+        raise ValueError("rollback needs a replace writer")
     st = state_at(writer.layout, version)
     cols = ["_key", "_hash", *writer.layout.item_columns]
-    writer.conn.execute(insert(writer.stage).from_select(
+    writer.conn.execute(insert(writer.target).from_select(
         [*cols, "_vfrom"], select(*[st.c[c] for c in cols], literal(writer.version))))
-    writer.rows_in = int(writer.conn.execute(select(func.count()).select_from(writer.stage)).scalar_one())
+    writer.rows_in = int(writer.conn.execute(select(func.count()).select_from(writer.target)).scalar_one())
 
 
 def clear(conn: Connection, layout: Layout, version: int) -> Counts:
@@ -549,6 +549,21 @@ def select_rows(
     if with_total:
         total = int(conn.execute(select(func.count()).select_from(t).where(*clauses)).scalar_one())
     return rows[:limit], total, more
+
+
+def rows_by_keys(conn: Connection, layout: Layout, ring: Keyring, keys: Sequence[str]
+                 ) -> dict[str, dict[str, Any]]:
+    """Current rows by stored key, decrypted (for merging partial rows)."""
+    t = layout.table
+    names = [f.name for f in layout.fields]
+    out: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(keys), 500):
+        chunk = list(keys[start:start + 500])
+        q = select(t.c._key, *[t.c[n] for n in names]).where(t.c._key.in_(chunk))
+        for r in conn.execute(q).mappings():
+            row = dict(r)
+            out[row.pop("_key")] = decode(layout, ring, row)
+    return out
 
 
 def find_by_key(conn: Connection, layout: Layout, ring: Keyring, key_values: dict[str, Any]

@@ -250,6 +250,55 @@ def restore(
                       f"({db.head_revision()})")
 
 
+# ---- calendar: China's official working-day calendar (工作日历) ----
+calendar_app = typer.Typer(help="Official working-day calendar / 工作日历", no_args_is_help=True)
+
+
+@calendar_app.command("import")
+def calendar_import(
+    file: Annotated[Path, typer.Argument(help="a year's schedule, .json or .csv", exists=True,
+                                         dir_okay=False)],
+    replace: Annotated[bool, typer.Option(help="replace a year imported before")] = False,
+    source: Annotated[str | None, typer.Option(
+        help="the notice it comes from, e.g. 国办发明电〔2025〕7号 (default: the file's)")] = None,
+) -> None:
+    """Import a year's holidays and make-up working days published by the State Council (导入)."""
+    from cityos.core import workdays
+
+    fmt = file.suffix.lower().lstrip(".")
+    if fmt not in ("json", "csv"):
+        err_console.print(f"[red]{file}: expected a .json or .csv file / 应为 .json 或 .csv 文件[/red]")
+        raise typer.Exit(2)
+    with cli_session() as (_, session):
+        schedule = workdays.parse_schedule(file.read_text(encoding="utf-8-sig"),
+                                           "json" if fmt == "json" else "csv")
+        workdays.import_schedule(session, cli_actor(), schedule.year, schedule.days,
+                                 source=source if source is not None else schedule.source,
+                                 replace=replace)
+    rest = sum(not w for _, w, _ in schedule.days)
+    console.print(f"[green]imported the {schedule.year} calendar[/green]: {rest} holidays on weekdays, "
+                  f"{len(schedule.days) - rest} make-up working days / 已导入 {schedule.year} 年工作日历")
+
+
+@calendar_app.command("show")
+def calendar_show(year: int) -> None:
+    """List a year's holidays on weekdays and make-up working days, and where they come from."""
+    from cityos.core import workdays
+
+    with cli_session() as (_, session):
+        cal = workdays.Calendar.load(session)
+    if year not in cal.years:
+        console.print(f"[yellow]{year}: not known / 未知[/yellow]; Monday to Friday assumed until its "
+                      "schedule is imported (`cityos calendar import FILE`) / 导入前按周一至周五推算")
+        return
+    console.print(f"{year}: known / 已知 — {cal.sources[year]}")
+    table = Table("date / 日期", "day / 星期", "kind / 类型", "name / 名称")
+    for day, workday, name in cal.year_days(year):
+        table.add_row(day.isoformat(), "周" + "一二三四五六日"[day.weekday()],
+                      "make-up working day / 调休上班" if workday else "holiday / 放假", name)
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Mount the core's command groups on the top-level `cityos` command."""
     app.add_typer(db_app, name="db")
@@ -258,5 +307,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(apikey_app, name="apikey")
     app.add_typer(audit_app, name="audit")
     app.add_typer(keys_app, name="keys")
+    app.add_typer(calendar_app, name="calendar")
     app.command("backup")(backup)
     app.command("restore")(restore)

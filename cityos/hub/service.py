@@ -91,10 +91,20 @@ def resource_target(resource: Resource) -> Target:
 # -- catalog --------------------------------------------------------------------------------------
 
 
+_LAYOUTS: dict[tuple[Any, ...], store.Layout] = {}
+
+
 def layout_of(resource: Resource) -> store.Layout:
-    """The resource's storage layout, built from its items."""
-    fields = [store.Field(i.name, i.type, i.encrypted, i.indexed) for i in resource.items]
-    return store.build_layout(resource.id, fields, resource.key_fields)
+    """The resource's storage layout, built from its items and cached: the same Table objects
+    every time also let SQLAlchemy reuse its compiled statements."""
+    fields = tuple(store.Field(i.name, i.type, i.encrypted, i.indexed) for i in resource.items)
+    key = (resource.id, fields, tuple(resource.key_fields))
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        if len(_LAYOUTS) > 512:
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[key] = store.build_layout(resource.id, fields, resource.key_fields)
+    return layout
 
 
 def resource_get(session: Session, actor: Actor, code: str) -> Resource:

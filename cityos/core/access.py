@@ -45,7 +45,7 @@ PERMISSIONS: dict[str, Permission] = {}
 
 
 def define(action: str, description: str, public: bool = False, **reach: str) -> Permission:
-    """Declare an action and the roles that may take it, e.g. define("user.read", ..., department_admin=SUBTREE)."""
+    """Declare an action and the roles that may take it (e.g. department_admin=SUBTREE)."""
     unknown = set(reach) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {unknown}")

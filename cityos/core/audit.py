@@ -70,12 +70,14 @@ def record_hash(rec: AuditRecord | dict[str, Any]) -> str:
     return digest(_canonical(rec), algo)
 
 
+# Plain Core statements on the tables (not the ORM entities), run on the session's connection:
+# no ORM bookkeeping on a path every audited read takes.
+_HEAD = AuditHead.__table__
 _BUMP_HEAD = (
-    update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1)
-    .returning(AuditHead.seq, AuditHead.hash)
+    update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq + 1).returning(_HEAD.c.seq, _HEAD.c.hash)
 )
-_SET_HEAD = update(AuditHead).where(AuditHead.id == 1).values(hash=bindparam("hash"))
-_INSERT = insert(AuditRecord)
+_SET_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(hash=bindparam("hash"))
+_INSERT = insert(AuditRecord.__table__)
 
 
 def append(
@@ -96,7 +98,8 @@ def append(
         raise ValueError(f"outcome must be one of {OUTCOMES}")
     # Bumping the head row takes its row lock (PostgreSQL) or the write lock (SQLite): appenders
     # queue here, so no two records ever claim the same predecessor.
-    row = session.execute(_BUMP_HEAD).one()
+    conn = session.connection()
+    row = conn.execute(_BUMP_HEAD).one()
     seq, prev = int(row[0]), str(row[1])
     at = utcnow()
     fields: dict[str, Any] = {
@@ -118,8 +121,8 @@ def append(
         fields["detail"] = orjson.loads(orjson.dumps(fields["detail"]))
     fields["hash"] = record_hash(fields)
     # Core statements, not ORM objects: this runs on every write and audited read.
-    session.execute(_INSERT, fields)
-    session.execute(_SET_HEAD, {"hash": fields["hash"]})
+    conn.execute(_INSERT, fields)
+    conn.execute(_SET_HEAD, {"hash": fields["hash"]})
     return str(fields["hash"])
 
 

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Bind port of `cityos serve`")
     environment: str = Field("development", pattern="^(development|demo|test|production)$")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted request body")
+    hub_max_upload_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1024,
+        description="Largest file a data hub upload accepts (POST /api/hub/resources/{code}/uploads); "
+                    "streamed to data_dir/uploads, never held in memory",
+    )
     token_ttl_seconds: int = Field(3600, ge=60, description="Lifetime of API bearer tokens")
     session_ttl_seconds: int = Field(8 * 3600, ge=300, description="Lifetime of console sessions")
     lockout_threshold: int = Field(5, ge=1, description="Failed logins before an account locks")

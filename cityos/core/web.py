@@ -7,12 +7,13 @@ here opens a database or reads settings at import time.
 from __future__ import annotations
 
 import logging
+import re
 import time
-from urllib.parse import urlencode
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -41,6 +42,8 @@ LANG_COOKIE = "cityos_lang"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PROBLEM = "application/problem+json"
+# Data hub file uploads may be far larger than any other request body (settings.hub_max_upload_bytes).
+UPLOAD_PATH = r"/api/hub/resources/[^/]+/uploads"
 
 
 @dataclass
@@ -139,6 +142,7 @@ def language(request: Request) -> str:
 def problem(
     request: Request, status: int, title: str, detail: str, slug: str,
     errors: list[FieldError] | None = None, headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Response:
     body: dict[str, Any] = {
         "type": f"/problems/{slug}",
@@ -149,6 +153,8 @@ def problem(
     }
     if errors:
         body["errors"] = [e.as_dict() for e in errors]
+    for key, value in (extra or {}).items():  # RFC 9457 extension members, e.g. row_errors
+        body.setdefault(key, value)
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
 
 
@@ -197,7 +203,8 @@ async def _cityos_error(request: Request, exc: Exception) -> Response:
         headers["Retry-After"] = str(exc.extra["retry_after"])
     if _wants_html(request):
         return _html_error(request, exc.status, exc.title, exc.detail)
-    return problem(request, exc.status, exc.title, exc.detail, exc.type_slug, exc.errors, headers)
+    return problem(request, exc.status, exc.title, exc.detail, exc.type_slug, exc.errors, headers,
+                   exc.extra)
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
@@ -248,18 +255,29 @@ async def _crash(request: Request, exc: Exception) -> Response:
 
 
 class BodyLimit:
-    """Refuse request bodies over the configured limit, by header or while streaming (413)."""
+    """Refuse request bodies over the configured limit, by header or while streaming (413).
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    `paths` gives a few routes their own limit (`{path regex: bytes}`, e.g. the data hub's file
+    uploads), so one large-file endpoint does not raise the limit of every other one."""
+
+    def __init__(self, app: ASGIApp, limit: int, paths: dict[str, int] | None = None) -> None:
         self.app, self.limit = app, limit
+        self.paths = [(re.compile(p), n) for p, n in (paths or {}).items()]
+
+    def limit_for(self, path: str) -> int:
+        for pattern, limit in self.paths:
+            if pattern.fullmatch(path):
+                return limit
+        return self.limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope["path"])
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await self._refuse(scope, send)
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._refuse(scope, send, limit)
             return
         seen = 0
 
@@ -268,14 +286,14 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise TooLarge(self.limit)
+                if seen > limit:
+                    raise TooLarge(limit)
             return message
 
         await self.app(scope, counted, send)
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        err = TooLarge(self.limit)
+    async def _refuse(self, scope: Scope, send: Send, limit: int) -> None:
+        err = TooLarge(limit)
         body = (
             b'{"type":"/problems/too-large","title":"Payload too large","status":413,"detail":"'
             + err.detail.encode() + b'","instance":"' + scope["path"].encode() + b'"}'
@@ -373,7 +391,8 @@ def build_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _crash)
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
+                       paths={UPLOAD_PATH: settings.hub_max_upload_bytes})
     app.add_middleware(AccessLog)
 
     static = HERE / "static"

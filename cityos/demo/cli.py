@@ -15,11 +15,14 @@ def demo(
     build_only: Annotated[bool, typer.Option("--build-only", help="build, then exit")] = False,
     host: Annotated[str | None, typer.Option(help="bind address (default from settings)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default from settings)")] = None,
+    scale: Annotated[float | None, typer.Option(
+        min=0.0, max=10.0, help="size of the data hub's generated data: 1.0 is ~2.6 million rows, 0.01 a "
+        "quick demo, 0 none (default: CITYOS_DEMO_SCALE, else 1.0)")] = None,
 ) -> None:
     """Build the demo city, Jilin (吉林市), if not built yet, and serve it."""
     settings = core_cli.settings_or_exit()
     try:
-        report = seed.build(settings, console=core_cli.console)
+        report = seed.build(settings, console=core_cli.console, scale=scale)
     except CityOSError as exc:
         core_cli.err_console.print(f"[red]{exc.detail}[/red]")
         for e in exc.errors:

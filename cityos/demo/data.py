@@ -126,6 +126,8 @@ ORG_CODE_BASE = 13_546_000  # generated organization codes (GB 11714) count up f
 PEOPLE: list[tuple[str, str, str, str]] = [
     ("admin", access.PLATFORM_ADMIN, CITY_CODE, "平台管理员"),
     ("auditor", access.AUDITOR, CITY_CODE, "审计员"),
+    # 市公安局's own auditor: sees who read the bureau's data, and for what (the data hub demo).
+    ("police_auditor", access.AUDITOR, f"{CITY_CODE}-gaj", "市公安局审计员"),
 ]
 # Bureaus and districts that get a department admin and a staff member (by slug / code).
 STAFFED_BUREAUS = ["egov", "police", "env", "transport", "health", "civil"]

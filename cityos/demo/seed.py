@@ -1,13 +1,15 @@
 """Build the demo city (构建演示城市) through the service layer, idempotently.
 
 Every department and user goes through `core.service`, acting as the system, so the demo is
-validated, encrypted and audited like real data. What already exists (looked up by department
-code or username) is skipped and left as it is: a second build creates, changes and audits
-nothing.
+validated, encrypted and audited like real data; then `hub_seed` builds its data hub (catalogs,
+registries, millions of generated rows, sharing requests). What already exists (looked up by
+department code, username, resource or request) is skipped and left as it is: a second build
+creates, changes and audits nothing.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,8 +24,10 @@ from sqlalchemy.orm import Session
 
 from cityos.core import crypto, db, service
 from cityos.core.access import SYSTEM
+from cityos.core.errors import Invalid
 from cityos.core.models import Department, User
 from cityos.core.settings import Settings
+from cityos.demo import hub_data, hub_seed
 from cityos.demo.data import Plan, plan
 
 Step = Callable[[str], None]
@@ -31,13 +35,15 @@ Step = Callable[[str], None]
 
 @dataclass
 class BuildReport:
-    """What one build did: counts of created and skipped departments and users, and its time."""
+    """What one build did: counts of created and skipped departments and users, what the data
+    hub step did, and its time."""
 
     departments_created: int = 0
     departments_skipped: int = 0
     users_created: int = 0
     users_skipped: int = 0
     seconds: float = 0.0
+    hub: hub_seed.HubReport | None = None
 
     @property
     def created(self) -> int:
@@ -85,8 +91,24 @@ def _progress(console: Console | None, total: int) -> Iterator[Step]:
         yield lambda label: bar.update(task, advance=1, description=label)
 
 
-def build(settings: Settings, console: Console | None = None) -> BuildReport:
-    """Migrate the database, load the keyring, and seed the demo city in one transaction."""
+def demo_scale(scale: float | None = None) -> float:
+    """The data hub's size: the given scale, else CITYOS_DEMO_SCALE, else 1.0 (~2.6 million rows);
+    0 builds the city without its data hub."""
+    if scale is None:
+        text = os.environ.get("CITYOS_DEMO_SCALE", "1")
+        try:
+            scale = float(text)
+        except ValueError:
+            raise Invalid("CITYOS_DEMO_SCALE", f"not a number: {text!r} / 须为数字") from None
+    if not 0 <= scale <= 10:
+        raise Invalid("scale", "between 0 and 10 / 须在 0 到 10 之间")
+    return scale
+
+
+def build(settings: Settings, console: Console | None = None, scale: float | None = None) -> BuildReport:
+    """Migrate the database, load the keyring, seed the demo city in one transaction, then its
+    data hub at `demo_scale(scale)`, one transaction per dataset."""
+    scale = demo_scale(scale)
     started = time.monotonic()
     db.upgrade(settings.database_url)
     crypto.activate(crypto.Keyring.load(Path(settings.data_dir) / "keys.json"))
@@ -96,6 +118,9 @@ def build(settings: Settings, console: Console | None = None) -> BuildReport:
         with (_progress(console, the_plan.size) as step,
               db.session_scope(db.make_sessionmaker(engine)) as session):
             report = seed(session, the_plan, settings.demo_password, step)
+        if scale:
+            with db.session_scope(db.make_sessionmaker(engine)) as session:
+                report.hub = hub_seed.build_hub(session, scale, console)
     finally:
         engine.dispose()
     report.seconds = time.monotonic() - started
@@ -124,6 +149,29 @@ def print_summary(console: Console, report: BuildReport, settings: Settings,
         f"demo city built / 演示城市已就绪: {report.departments_created} departments and "
         f"{report.users_created} users created, {report.departments_skipped + report.users_skipped}"
         f" already there ({report.seconds:.1f} s)")
+    if report.hub is not None:
+        hub = report.hub
+        console.print(
+            f"data hub / 数据共享交换平台: {hub.resources_created} resources cataloged, {hub.rows:,} rows "
+            f"loaded into {len(hub.loaded)} of them, {hub.requests_created} sharing requests filed "
+            f"({hub.resources_skipped} resources already there; {hub.seconds:.1f} s)")
     console.print(logins_table(plan(), settings.demo_password))
+    if report.hub is not None:
+        console.print(showcase_table(settings.demo_password, report.hub.showcase))
     url = console_url(host or settings.host, port or settings.port)
     console.print(f"console / 控制台: [bold]{url}[/bold]")
+
+
+def showcase_table(password: str, code: str | None) -> Table:
+    """Who to sign in as to see sharing at work (试一试): a grant narrower than the request."""
+    ask = hub_data.showcase()
+    hidden = [f for f in ask.fields if f not in ask.granted]
+    table = Table("username / 用户名", "what to try / 试一试", title="Try the data hub / 体验数据共享",
+                  caption=f"password / 密码: {password}")
+    table.add_row(ask.requester, f"read 市公安局's {ask.dataset}: GET /api/hub/resources/{code or '{code}'}"
+                  f"/rows?purpose=...; granted {', '.join(ask.granted)}; refused (403) {', '.join(hidden)}")
+    table.add_row(ask.decider or "", "GET /api/hub/requests?box=incoming: the requests to decide, "
+                  "the grant given; POST /api/hub/grants/{id}/revoke")
+    table.add_row("police_auditor", "GET /api/audit?action=hub.data.read: every read of 市公安局's data, "
+                  "with its purpose")
+    return table

@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, bindparam, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from cityos.core import access, audit, crypto
@@ -21,6 +21,7 @@ from cityos.core.errors import Conflict, Invalid, NotFound
 from cityos.core.identifiers import validate_credit_code
 from cityos.core.models import Department
 from cityos.core.service import Paged, department_by_code, paginate
+from cityos.core.workdays import CITY_TZ
 from cityos.hub import store
 from cityos.hub.models import Grant, Item, NegativeEntry, Resource, Version
 
@@ -66,19 +67,34 @@ access.define("hub.stats.read", "See the sharing figures", department_admin=ALL,
               department_staff=ALL, auditor=ALL)
 
 
-def _grant_resolver(session: Any, actor: Actor, action: str, target: Target) -> Grant | None:
+_GRANT_COLUMNS = Grant.__table__.c
+# Built once: this runs on every shared read. It yields a Row with the Grant's columns.
+_ACTIVE_GRANT = (
+    select(_GRANT_COLUMNS.id, _GRANT_COLUMNS.resource_id, _GRANT_COLUMNS.department_id,
+           _GRANT_COLUMNS.fields, _GRANT_COLUMNS.row_filter, _GRANT_COLUMNS.valid_until,
+           _GRANT_COLUMNS.purpose)
+    .where(_GRANT_COLUMNS.resource_id == bindparam("resource"),
+           _GRANT_COLUMNS.department_id == bindparam("department"),
+           _GRANT_COLUMNS.revoked_at.is_(None),
+           or_(_GRANT_COLUMNS.valid_until.is_(None), _GRANT_COLUMNS.valid_until >= bindparam("today")))
+    .order_by(_GRANT_COLUMNS.id.desc()).limit(1)
+)
+
+
+def city_today() -> dt.date:
+    """Today in the city's time zone: a grant valid until a day ends at that day's midnight there."""
+    return dt.datetime.now(CITY_TZ).date()
+
+
+def _grant_resolver(session: Any, actor: Actor, action: str, target: Target) -> Any:
     """A sharing grant lets the grantee department's users and keys read a resource."""
     if action != "hub.data.read" or target.kind != "hub.resource" or session is None:
         return None
     if actor.department_id is None:
         return None
-    today = dt.datetime.now(dt.UTC).date()
-    return session.scalar(  # type: ignore[no-any-return]
-        select(Grant).where(
-            Grant.resource_id == target.id, Grant.department_id == actor.department_id,
-            Grant.revoked_at.is_(None), or_(Grant.valid_until.is_(None), Grant.valid_until >= today),
-        ).order_by(Grant.id.desc()).limit(1)
-    )
+    session.flush()  # a revocation earlier in this unit of work counts (Core skips autoflush)
+    return session.connection().execute(_ACTIVE_GRANT, {
+        "resource": target.id, "department": actor.department_id, "today": city_today()}).first()
 
 
 access.register_grant_resolver(_grant_resolver)

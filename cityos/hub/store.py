@@ -67,6 +67,7 @@ TYPES: dict[str, Any] = {
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 RESERVED = {"_row", "_key", "_vfrom", "_vto", "_hash"}
 KEY_SEP = "\x1f"
+DEFER_INDEXES = 5000  # a first load whose first batch has this many rows builds its indexes last
 OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "startswith", "isnull")
 EQUALITY_OPS = ("eq", "ne", "in", "isnull")
 
@@ -205,11 +206,15 @@ class Encoder:
         self._names = [f.name for f in layout.fields]
         self._encrypted = {f.name for f in layout.fields if f.encrypted}
         self._ordinal = 0
+        # Bulk loads encrypt and index one value per row: set each context's keys up once.
+        self._seal = {n: ring.encryptor(layout.context(n)) for n in self._encrypted}
+        self._index = {n: ring.indexer(layout.context(n)) for n in self._encrypted}
+        self._plan = [(f.name, self._seal.get(f.name), self._index.get(f.name)) for f in layout.fields]
 
     def index(self, name: str, value: Any) -> str:
-        return self.ring.blind_index(str(value), self.layout.context(name))
+        return self._index[name](str(value))
 
-    def key(self, values: dict[str, Any]) -> str:
+    def key(self, values: dict[str, Any], indexes: dict[str, str] | None = None) -> str:
         """The row's key: its key items joined (blind-indexed when sensitive), or its ordinal."""
         if not self.layout.key_fields:
             self._ordinal += 1
@@ -219,7 +224,10 @@ class Encoder:
             v = values.get(k)
             if v is None:
                 raise ValueError(f"key item {k} is empty / 主键 {k} 为空")
-            parts.append(self.index(k, v) if k in self._encrypted else str(_jsonable(v)))
+            if k in self._encrypted:
+                parts.append(indexes[k] if indexes else self.index(k, v))
+            else:
+                parts.append(str(_jsonable(v)))
         key = KEY_SEP.join(parts)
         if len(key) > 255:
             raise ValueError("key longer than 255 characters / 主键过长")
@@ -227,20 +235,21 @@ class Encoder:
 
     def encode(self, values: dict[str, Any]) -> tuple[Any, ...]:
         """(_key, _hash, item columns...) for one row."""
-        key = self.key(values)
-        row: list[Any] = [key, None]
-        plain: list[Any] = []
-        for name in self._names:
-            v = values.get(name)
-            plain.append(_jsonable(v))
-            if name in self._encrypted:
-                if v is None:
-                    row += [None, None]
-                else:
-                    ctx = self.layout.context(name)
-                    row += [self.ring.encrypt(str(v), ctx), self.ring.blind_index(str(v), ctx)]
-            else:
+        get = values.get
+        plain = [get(n) for n in self._names]
+        row: list[Any] = [None, None]
+        indexes: dict[str, str] = {}
+        for (name, seal, index), v in zip(self._plan, plain, strict=True):
+            if seal is None:
                 row.append(v)
+            elif v is None:
+                row += [None, None]
+            else:
+                text = str(v)
+                indexes[name] = idx = index(text)  # type: ignore[misc]
+                row += [seal(text), idx]
+        row[0] = self.key(values, indexes)
+        # orjson writes dates and datetimes as isoformat() would: the hash of a row is stable.
         row[1] = hashlib.blake2b(orjson.dumps(plain), key=self._hkey, digest_size=16).hexdigest()
         return tuple(row)
 
@@ -267,8 +276,11 @@ def _raw_value(value: Any) -> Any:
     return value
 
 
-def bulk_insert(conn: Connection, table: Table, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
-    """Insert many rows fast: COPY on PostgreSQL, one prepared executemany on SQLite."""
+def bulk_insert(conn: Connection, table: Table, columns: list[str], rows: Sequence[Sequence[Any]],
+                prepared: bool = False) -> None:
+    """Insert many rows fast: COPY on PostgreSQL, one prepared executemany on SQLite.
+
+    `prepared`: the rows already hold what SQLite stores (see `sqlite_converters`)."""
     if not rows:
         return
     quoted = ", ".join(f'"{c}"' for c in columns)
@@ -276,14 +288,25 @@ def bulk_insert(conn: Connection, table: Table, columns: list[str], rows: list[t
         dbapi = conn.connection.driver_connection
         assert dbapi is not None
         with dbapi.cursor() as cur, cur.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+            write = copy.write_row
             for r in rows:
-                copy.write_row(r)
+                write(r)
         return
     marks = ", ".join("?" * len(columns))
     conn.exec_driver_sql(
         f'INSERT INTO "{table.name}" ({quoted}) VALUES ({marks})',
-        [tuple(_raw_value(v) for v in r) for r in rows],
+        rows if prepared else [tuple(_raw_value(v) for v in r) for r in rows],
     )
+
+
+def sqlite_converters(layout: Layout, columns: Sequence[str]) -> list[tuple[int, Any]]:
+    """(position, function) for the columns whose values SQLite stores as text: dates, datetimes."""
+    out = []
+    for pos, name in enumerate(columns):
+        f = layout.by_name.get(name)
+        if f is not None and not f.encrypted and f.type in ("date", "datetime"):
+            out.append((pos, _raw_value))
+    return out
 
 
 @dataclass
@@ -318,11 +341,31 @@ class Writer:
             self.stage.create(conn)
             self.target = self.stage
         self.columns = ["_key", "_hash", *layout.item_columns, "_vfrom"]
+        self.sqlite = conn.dialect.name == "sqlite"
+        self.convert = sqlite_converters(layout, self.columns) if self.sqlite else []
+        self.deferred: list[Index] = []
 
     def add(self, rows: list[tuple[Any, ...]]) -> None:
         """Write a batch of `Encoder.encode` rows."""
         v = self.version
-        bulk_insert(self.conn, self.target, self.columns, [(*r, v) for r in rows])
+        if self.convert:
+            out: list[Any] = []
+            for r in rows:
+                row = [*r, v]
+                for pos, conv in self.convert:
+                    if row[pos] is not None:
+                        row[pos] = conv(row[pos])
+                out.append(tuple(row))
+        else:
+            out = [(*r, v) for r in rows]
+        bulk_insert(self.conn, self.target, self.columns, out, prepared=self.sqlite)
+        if self.direct and not self.rows_in and len(rows) >= DEFER_INDEXES:
+            # A large first load: building the indexes once at the end is several times faster
+            # than keeping them up to date row by row (the key is a random blind index). Dropped
+            # after the first insert, so that SQLite has begun the transaction the DDL must be in.
+            self.deferred = sorted(self.layout.table.indexes, key=lambda ix: str(ix.name))
+            for ix in self.deferred:
+                ix.drop(self.conn)
         self.rows_in += len(rows)
 
     def finish(self, delete_keys: Iterable[str] = ()) -> Counts:
@@ -333,6 +376,9 @@ class Writer:
             counts = Counts(added=self.rows_in)
             if list(delete_keys):
                 raise Invalid("delete", "nothing to delete in an empty resource / 资源无数据可删除")
+            for ix in self.deferred:
+                ix.create(conn)
+            self.deferred = []
         else:
             s = self.stage
             Index(f"ix_{s.name}_key", s.c._key).create(conn)

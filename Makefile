@@ -26,6 +26,9 @@ lint: dev  # generated migrations are not linted
 
 bench: install
 	$(PY) bench/auth.py
+	$(PY) bench/hub_parse.py
+	$(PY) bench/hub.py
+	$(PY) bench/hub_read.py
 
 clean:
 	rm -rf node_modules cityos/core/static/vendor build dist *.egg-info .pytest_cache .ruff_cache test-results

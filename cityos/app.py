@@ -14,11 +14,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     from cityos.core import pages as core_pages
     from cityos.core.web import build_app
     from cityos.hub import api as hub_api
-    from cityos.hub import api_registry, api_sharing
+    from cityos.hub import api_loading, api_registry, api_sharing
     from cityos.hub import pages as hub_pages
 
     settings = settings or load_settings()
     # Engines add their routers (and template folders) here as they land.
-    routers = [core_api.router, core_pages.router, api_sharing.router, api_registry.router, hub_api.router,
-               hub_pages.router]
+    routers = [core_api.router, core_pages.router, api_sharing.router, api_registry.router,
+               api_loading.router, hub_api.router, hub_pages.router]
     return build_app(settings, routers, template_dirs=[hub_pages.TEMPLATES], engine=engine)

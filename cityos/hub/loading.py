@@ -278,7 +278,7 @@ _worker: dict[str, Any] = {}
 
 def _workers(size: int | None, rows: _Rows) -> int:
     """How many worker processes a load gets: none for small files, partial rows or one CPU."""
-    cpus = os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if size is None or size < PARALLEL_MIN_BYTES or rows.partial or cpus < 2:
         return 0
     return min(MAX_WORKERS, cpus)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import socket
 import threading
 import time
@@ -246,8 +247,6 @@ def live_server(app: FastAPI) -> Iterator[str]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> None:
     """Browser tests need Chromium: skipped without it on a developer's machine, and left to
     fail under CI, where .ci/run installs it."""
-    import shutil
-
     if shutil.which("chromium") or IN_CI:
         return
     for item in items:
@@ -285,3 +284,27 @@ def person_row(n: int, district: str = "昌邑区") -> dict[str, object]:
             "gender": "男" if n % 2 else "女",
             "birth_date": dt.date(1950 + n % 50, 1 + n % 12, 1 + n % 28), "district": district,
             "household_size": 1 + n % 5}
+
+
+# -- browser --------------------------------------------------------------------------------------
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+@pytest.fixture
+def page(backend: str) -> Iterator[Any]:
+    """A fresh Chromium page (Debian's chromium: `playwright install` cannot download here);
+    browser tests run once, on SQLite."""
+    if backend != "sqlite":
+        pytest.skip("browser test runs once, on SQLite")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
+                                    args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(locale="zh-CN")
+        finally:
+            browser.close()

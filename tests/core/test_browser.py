@@ -4,36 +4,12 @@ English switch, sign out, and no CSP violations along the way."""
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-
-
-@pytest.fixture
-def page(backend: str) -> Iterator[Any]:
-    """A fresh Chromium page (Debian's chromium: `playwright install` cannot download here)."""
-    if backend != "sqlite":
-        pytest.skip("browser test runs once, on SQLite")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
-                                    args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(locale="zh-CN")
-        finally:
-            browser.close()
-
 
 def test_admin_signs_in_reads_the_audit_log_and_verifies_it(page, city, live_server):
     from playwright.sync_api import expect

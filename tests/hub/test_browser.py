@@ -5,8 +5,6 @@ approve it as the provider's admin — with no CSP violations along the way."""
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,26 +12,9 @@ import pytest
 from cityos.core.access import SYSTEM
 from cityos.hub import api_loading, loading, service
 from tests.conftest import PASSWORD, people_spec, person_row
-from tests.core.test_browser import CHROMIUM_ARGS
 from tests.hub.test_pages import csv_file
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def page(backend: str) -> Iterator[Any]:
-    """A fresh Chromium page (Debian's chromium: `playwright install` cannot download here)."""
-    if backend != "sqlite":
-        pytest.skip("browser test runs once, on SQLite")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
-                                    args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(locale="zh-CN")
-        finally:
-            browser.close()
 
 
 @pytest.fixture

@@ -222,6 +222,16 @@ def is_overdue(req: ShareRequest, now: dt.datetime | None = None) -> bool:
     return req.state == "pending" and req.due_at is not None and req.due_at < (now or utcnow())
 
 
+def _in_box(stmt: Select[Any], model: Any, box: str, actor: Actor) -> Select[Any]:
+    """Incoming: on my department's resources; outgoing: asked for or held by my department."""
+    if box == "incoming":
+        return stmt.join(Resource, Resource.id == model.resource_id).where(
+            Resource.department_id == actor.department_id)
+    if box == "outgoing":
+        return stmt.where(model.department_id == actor.department_id)
+    raise Invalid("box", "incoming or outgoing / 须为 incoming 或 outgoing")
+
+
 def request_list(
     session: Session, actor: Actor, *, box: str = "outgoing", state: str | None = None,
     overdue: bool | None = None, limit: int = 50, offset: int = 0,
@@ -231,13 +241,7 @@ def request_list(
     stmt: Select[Any] = select(ShareRequest).options(
         selectinload(ShareRequest.resource).selectinload(Resource.department),
         selectinload(ShareRequest.department))
-    if box == "incoming":
-        stmt = stmt.join(Resource, Resource.id == ShareRequest.resource_id).where(
-            Resource.department_id == actor.department_id)
-    elif box == "outgoing":
-        stmt = stmt.where(ShareRequest.department_id == actor.department_id)
-    else:
-        raise Invalid("box", "incoming or outgoing / 须为 incoming 或 outgoing")
+    stmt = _in_box(stmt, ShareRequest, box, actor)
     if state is not None:
         if state not in STATES:
             raise Invalid("state", f"one of {', '.join(STATES)} / 状态不合法")
@@ -292,13 +296,7 @@ def grant_list(session: Session, actor: Actor, *, box: str = "outgoing", active:
     access.require(actor, "hub.request.read", _dept_target(actor, "hub.grant"), session)
     stmt: Select[Any] = select(Grant).options(
         selectinload(Grant.resource).selectinload(Resource.department), selectinload(Grant.department))
-    if box == "incoming":
-        stmt = stmt.join(Resource, Resource.id == Grant.resource_id).where(
-            Resource.department_id == actor.department_id)
-    elif box == "outgoing":
-        stmt = stmt.where(Grant.department_id == actor.department_id)
-    else:
-        raise Invalid("box", "incoming or outgoing / 须为 incoming 或 outgoing")
+    stmt = _in_box(stmt, Grant, box, actor)
     if active is not None:
         today = _city_today()
         live = and_(Grant.revoked_at.is_(None),

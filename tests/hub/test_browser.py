@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cityos.core.access import SYSTEM
-from cityos.hub import api_loading, loading, service
+from cityos.hub import loading, service
 from tests.conftest import PASSWORD, people_spec, person_row
 from tests.hub.test_pages import csv_file
 
@@ -20,8 +20,6 @@ pytestmark = pytest.mark.browser
 @pytest.fixture
 def resource(city, app, sessions) -> str:
     """The police's residents resource (conditional sharing) with one version loaded."""
-    if not any(getattr(r, "path", "") == "/api/hub/uploads/{job_id}" for r in app.routes):
-        app.include_router(api_loading.router)  # until app.py mounts the loading API itself
     with sessions() as s:
         code = service.resource_create(s, SYSTEM, people_spec()).code
         loading.rows_write(s, SYSTEM, code, [person_row(n) for n in range(1, 4)], mode="replace")

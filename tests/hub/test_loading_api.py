@@ -21,23 +21,16 @@ from typer.testing import CliRunner
 from cityos.app import create_app
 from cityos.cli import app as cli_app
 from cityos.core.access import SYSTEM
-from cityos.hub import api_loading, pulls, service
+from cityos.hub import pulls, service
 from tests.conftest import people_spec
 from tests.hub.test_loading import HEADER_ZH, NAMES, csv_bytes, person_row
 
 UPLOADS = "/api/hub/resources/{code}/uploads"
 
 
-def _with_loading_routes(app):
-    # Until the app factory mounts the loading router, mount it here.
-    if not any(getattr(r, "path", "") == "/api/hub/resources/{code}/uploads" for r in app.routes):
-        app.include_router(api_loading.router)
-    return app
-
-
 @pytest.fixture
 def app(settings, engine):
-    return _with_loading_routes(create_app(settings, engine=engine))
+    return create_app(settings, engine=engine)
 
 
 @pytest.fixture
@@ -132,7 +125,7 @@ def test_keep_valid_and_upsert_form_fields(client, city, people):
 
 def test_upload_limit_is_413_and_applies_to_uploads_only(settings, engine, city, people):
     small = settings.model_copy(update={"hub_max_upload_bytes": 2048})
-    with TestClient(_with_loading_routes(create_app(small, engine=engine))) as c:
+    with TestClient(create_app(small, engine=engine)) as c:
         headers = city.headers("police_staff")
         big = csv_bytes([person_row(n) for n in range(100)])
         assert len(big) > 2048

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from cityos.core import i18n
 from cityos.core.access import SYSTEM
 from cityos.core.models import AuditRecord
-from cityos.hub import api_loading, discrepancies, loading, pages, registries
+from cityos.hub import discrepancies, loading, pages, registries
 from cityos.hub.models import Grant, ShareRequest
 from tests.conftest import people_spec, person_row
 from tests.core.test_pages import HTML
@@ -30,8 +30,6 @@ CODE = "301001-000001"
 @pytest.fixture
 def hub(city, app, sessions):
     """The small city with the police's residents resource (conditional sharing), loaded once."""
-    if not any(getattr(r, "path", "") == "/api/hub/uploads/{job_id}" for r in app.routes):
-        app.include_router(api_loading.router)  # until app.py mounts the loading API itself
     r = city.client.post("/api/hub/resources", json=people_spec(), headers=city.headers("police_admin"))
     assert r.status_code == 201, r.text
     r = city.client.post("/api/hub/resources", headers=city.headers("police_admin"), json=people_spec(

@@ -6,12 +6,12 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?= -q -n 2 --dist loadgroup
 
-.PHONY: demo test install dev assets lint bench clean
+.PHONY: demo test install dev assets shapes lint bench clean
 
 demo: install assets
 	$(VENV)/bin/cityos demo
 
-test: dev assets
+test: dev assets shapes
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 install: $(VENV)/.install.stamp
@@ -20,6 +20,9 @@ dev: $(VENV)/.dev.stamp
 
 assets: node_modules/.stamp $(VENV)/.install.stamp
 	$(PY) -m cityos.core.assets
+
+shapes: $(VENV)/.install.stamp  # official DCAT-AP 3 SHACL shapes from PyPI into cityos/opendata/vendor/
+	$(PY) -m cityos.opendata.shapes
 
 lint: dev  # generated migrations are not linted
 	$(VENV)/bin/ruff check . --extend-exclude cityos/migrations/versions
@@ -31,7 +34,7 @@ bench: install
 	$(PY) bench/hub_read.py
 
 clean:
-	rm -rf node_modules cityos/core/static/vendor build dist *.egg-info .pytest_cache .ruff_cache test-results
+	rm -rf node_modules cityos/core/static/vendor cityos/opendata/vendor build dist *.egg-info .pytest_cache .ruff_cache test-results
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 $(PY):

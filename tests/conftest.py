@@ -90,9 +90,9 @@ def _truncate(engine: Engine) -> None:
     import_all_models()
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
     with engine.begin() as conn:
-        # The data hub's per-resource tables are built at run time; a test starts without them.
+        # Per-resource tables (hub_data_*, od_rows_*) are built at run time; a test starts without them.
         for name in inspect(conn).get_table_names():
-            if name.startswith("hub_data_"):
+            if name.startswith(("hub_data_", "od_rows_")):
                 conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
         if engine.dialect.name == "postgresql":
             conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))

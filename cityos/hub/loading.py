@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cityos.core import access, audit
+from cityos.core import access, audit, events
 from cityos.core.access import Actor
 from cityos.core.db import utcnow
 from cityos.core.errors import CityOSError, Invalid
@@ -201,14 +201,12 @@ def _finish(session: Session, actor: Actor, res: Resource, rows: _Rows, *, rows_
 
 
 def _notify(session: Session, res: Resource, version: Version) -> None:
-    """Tell the subscribers of this resource's grants (their webhooks) that it changed."""
-    try:
-        from cityos.hub import sharing
-    except ImportError:  # pragma: no cover - sharing lands beside this module
-        return
-    notify = getattr(sharing, "notify_change", None)
-    if notify is not None:
-        notify(session, res, version)
+    """Tell the subscribers of this resource's grants (their webhooks) that it changed, and
+    publish the domain event (the open-data portal follows published resources by it)."""
+    from cityos.hub import sharing
+
+    sharing.notify_change(session, res, version)
+    events.publish(events.HUB_VERSION_CREATED, session=session, resource=res, version=version)
 
 
 def load_file(

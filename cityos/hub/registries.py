@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
-from cityos.core import access, audit
+from cityos.core import access, audit, events
 from cityos.core.access import OWN, Actor, Target
 from cityos.core.db import utcnow
 from cityos.core.errors import Invalid, NotFound
@@ -279,6 +279,7 @@ def write_rows(session: Session, actor: Actor, res: Resource, rows: list[dict[st
     res.current_version, res.row_count, res.last_loaded_at = number, counts.row_count, utcnow()
     session.flush()
     webhooks.notify_change(session, res, version)  # grantees' subscriptions hear of the change
+    events.publish(events.HUB_VERSION_CREATED, session=session, resource=res, version=version)
     return version
 
 

@@ -14,8 +14,8 @@ target_metadata = Base.metadata
 
 
 def include_object(obj, name, type_, reflected, compare_to):  # type: ignore[no-untyped-def]
-    """The data hub builds one table per catalog resource at run time (hub_data_*): not ours."""
-    return not (type_ == "table" and name and name.startswith("hub_data_"))
+    """The data hub (hub_data_*) and the open-data portal (od_rows_*) build tables at run time: not ours."""
+    return not (type_ == "table" and name and name.startswith(("hub_data_", "od_rows_")))
 
 
 def run_migrations_offline() -> None:

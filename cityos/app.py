@@ -16,15 +16,20 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     from cityos.hub import api as hub_api
     from cityos.hub import api_loading, api_registry, api_sharing
     from cityos.hub import pages as hub_pages
+    from cityos.opendata import api as opendata_api
     from cityos.opendata import applications as od_applications
-    from cityos.opendata import dcat_api
+    from cityos.opendata import ckan_api, dcat_api
+    from cityos.opendata import pages as opendata_pages
+    from cityos.opendata import pages_console as opendata_console
 
     settings = settings or load_settings()
     # Engines add their routers (and template folders) here as they land.
     routers = [core_api.router, core_pages.router, api_sharing.router, api_registry.router,
                api_loading.router, hub_api.router, hub_pages.router]
-    routers += [dcat_api.router]
-    app = build_app(settings, routers, template_dirs=[hub_pages.TEMPLATES], engine=engine)
+    routers += [opendata_api.router, ckan_api.router, dcat_api.router, opendata_pages.router]
+    routers += [opendata_console.router]
+    app = build_app(settings, routers, template_dirs=[hub_pages.TEMPLATES, opendata_pages.TEMPLATES],
+                    engine=engine)
     # Open-data usage counts are kept in memory and flushed every few seconds while serving.
     app.router.lifespan_context = lambda _app: od_applications.usage_flusher(app.state.platform.sessions)
     return app

@@ -35,6 +35,14 @@ ASSETS = (
     Asset("swagger-ui-dist", "swagger-ui.css", "swagger-ui/swagger-ui.css"),
     Asset("swagger-ui-dist", "LICENSE", "swagger-ui/LICENSE"),
     Asset("swagger-ui-dist", "NOTICE", "swagger-ui/NOTICE"),
+    Asset("echarts", "dist/echarts.min.js", "echarts/echarts.min.js"),
+    Asset("echarts", "LICENSE", "echarts/LICENSE"),
+    Asset("echarts", "NOTICE", "echarts/NOTICE"),
+    Asset("leaflet", "dist/leaflet.js", "leaflet/leaflet.js"),
+    Asset("leaflet", "dist/leaflet.css", "leaflet/leaflet.css"),
+    *(Asset("leaflet", f"dist/images/{name}", f"leaflet/images/{name}") for name in (
+        "layers.png", "layers-2x.png", "marker-icon.png", "marker-icon-2x.png", "marker-shadow.png")),
+    Asset("leaflet", "LICENSE", "leaflet/LICENSE"),
 )
 
 

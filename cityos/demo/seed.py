@@ -2,9 +2,10 @@
 
 Every department and user goes through `core.service`, acting as the system, so the demo is
 validated, encrypted and audited like real data; then `hub_seed` builds its data hub (catalogs,
-registries, millions of generated rows, sharing requests). What already exists (looked up by
-department code, username, resource or request) is skipped and left as it is: a second build
-creates, changes and audits nothing.
+registries, millions of generated rows, sharing requests) and `opendata_seed` its open data
+(topics, the opening plan, published de-identified datasets, applications). What already
+exists (looked up by department code, username, resource or request) is skipped and left as it
+is: a second build creates, changes and audits nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from cityos.core.access import SYSTEM
 from cityos.core.errors import Invalid
 from cityos.core.models import Department, User
 from cityos.core.settings import Settings
-from cityos.demo import hub_data, hub_seed
+from cityos.demo import hub_data, hub_seed, opendata_seed
 from cityos.demo.data import Plan, plan
 
 Step = Callable[[str], None]
@@ -44,6 +45,7 @@ class BuildReport:
     users_skipped: int = 0
     seconds: float = 0.0
     hub: hub_seed.HubReport | None = None
+    opendata: opendata_seed.OpenReport | None = None
 
     @property
     def created(self) -> int:
@@ -107,7 +109,7 @@ def demo_scale(scale: float | None = None) -> float:
 
 def build(settings: Settings, console: Console | None = None, scale: float | None = None) -> BuildReport:
     """Migrate the database, load the keyring, seed the demo city in one transaction, then its
-    data hub at `demo_scale(scale)`, one transaction per dataset."""
+    data hub at `demo_scale(scale)` and its open data, one transaction per dataset."""
     scale = demo_scale(scale)
     started = time.monotonic()
     db.upgrade(settings.database_url)
@@ -121,6 +123,8 @@ def build(settings: Settings, console: Console | None = None, scale: float | Non
         if scale:
             with db.session_scope(db.make_sessionmaker(engine)) as session:
                 report.hub = hub_seed.build_hub(session, scale, console)
+            with db.session_scope(db.make_sessionmaker(engine)) as session:
+                report.opendata = opendata_seed.build_open(session, scale, settings.demo_password, console)
     finally:
         engine.dispose()
     report.seconds = time.monotonic() - started
@@ -155,9 +159,13 @@ def print_summary(console: Console, report: BuildReport, settings: Settings,
             f"data hub / 数据共享交换平台: {hub.resources_created} resources cataloged, {hub.rows:,} rows "
             f"loaded into {len(hub.loaded)} of them, {hub.requests_created} sharing requests filed "
             f"({hub.resources_skipped} resources already there; {hub.seconds:.1f} s)")
+    if report.opendata is not None:
+        console.print(opendata_seed.summary_line(report.opendata))
     console.print(logins_table(plan(), settings.demo_password))
     if report.hub is not None:
         console.print(showcase_table(settings.demo_password, report.hub.showcase))
+    if report.opendata is not None:
+        console.print(opendata_seed.try_table(settings.demo_password, report.opendata))
     url = console_url(host or settings.host, port or settings.port)
     console.print(f"console / 控制台: [bold]{url}[/bold]")
 

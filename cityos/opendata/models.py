@@ -193,7 +193,9 @@ class SearchTerm(Base):
     as the dataset, so search is never stale. Terms are jieba words and character bigrams."""
 
     __tablename__ = "od_terms"
-    __table_args__ = (Index("ix_od_terms_dataset", "dataset_id"),)
+    # The covering index answers a term lookup from the index alone (no table pages).
+    __table_args__ = (Index("ix_od_terms_dataset", "dataset_id"),
+                      Index("ix_od_terms_cover", "term", "dataset_id", "weight"))
 
     term: Mapped[str] = mapped_column(String(32), primary_key=True)
     dataset_id: Mapped[int] = mapped_column(

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import Select, Text, cast, delete, func, insert, literal, or_, select
@@ -124,7 +127,7 @@ def _json_has(col: Any, value: str) -> Any:
 
 def _apply(stmt: Select[Any], f: Filter) -> Select[Any]:
     if f.field == "organization":
-        cond: Any = Department.code.in_(f.values)
+        cond: Any = Dataset.department_id.in_(select(Department.id).where(Department.code.in_(f.values)))
     elif f.field in ("groups", "tags"):
         col = Dataset.topics if f.field == "groups" else Dataset.tags
         cond = or_(*[_json_has(col, v) for v in f.values])
@@ -151,8 +154,7 @@ def search(session: Session, *, q: str | None = None, filters: Sequence[Filter] 
            facet_fields: Sequence[str] = (), facet_limit: int = 50) -> Found:
     """Published datasets matching `q` and `filters`, a page of their ids in order, the count,
     and facet counts over everything matched."""
-    base: Select[Any] = (select(Dataset.id).join(Department, Dataset.department_id == Department.id)
-                         .where(Dataset.state == "published"))
+    base: Select[Any] = select(Dataset.id).where(Dataset.state == "published")
     score = None
     if q and q.strip() and q.strip() != "*:*":
         terms = query_terms(q)
@@ -165,7 +167,6 @@ def search(session: Session, *, q: str | None = None, filters: Sequence[Filter] 
         score = hits.c.score
     for f in filters:
         base = _apply(base, f)
-    count = int(session.scalar(select(func.count()).select_from(base.subquery())) or 0)
     order: list[Any] = []
     for name, desc in sort:
         if name == "score":
@@ -177,36 +178,122 @@ def search(session: Session, *, q: str | None = None, filters: Sequence[Filter] 
     if not sort and score is not None:
         order.append(score.desc())
     order += [Dataset.modified_at.desc(), Dataset.id.desc()]
-    ids = list(session.scalars(base.order_by(*order).limit(rows).offset(start))) if rows else []
-    facets: dict[str, dict[str, int]] = {}
+    if facet_fields and score is None and not filters:  # browsing: everything matches
+        snap = _cache(session).get(session)
+        ids = list(session.scalars(base.order_by(*order).limit(rows).offset(start))) if rows else []
+        return Found(ids, len(snap.facts), _facets(session, snap, None, facet_fields, facet_limit))
     if facet_fields:
-        facets = _facets(session, base, facet_fields, facet_limit)
-    return Found(ids, count, facets)
+        # Facets count over every match: fetch all the matched ids once, in order (a few
+        # thousand integers), and take the count and the page from them too.
+        matched = list(session.scalars(base.order_by(*order)))
+        return Found(matched[start:start + rows] if rows else [], len(matched),
+                     _facets(session, _cache(session).get(session), matched, facet_fields, facet_limit))
+    count = int(session.scalar(select(func.count()).select_from(base.subquery())) or 0)
+    ids = list(session.scalars(base.order_by(*order).limit(rows).offset(start))) if rows else []
+    return Found(ids, count, {})
 
 
-def _facets(session: Session, base: Select[Any], fields: Sequence[str], limit: int
-            ) -> dict[str, dict[str, int]]:
-    matched = base.subquery("matched")
-    rows = session.execute(
-        select(Department.code, Dataset.topics, Dataset.tags, Dataset.update_cycle, Dataset.open_level,
-               Dataset.licence, Dataset.lon_field)
-        .join(matched, matched.c.id == Dataset.id)
-        .join(Department, Dataset.department_id == Department.id)).all()
-    counters: dict[str, Counter[str]] = {f: Counter() for f in fields}
-    for dept, topics, tags, cycle, level, licence, lon in rows:
-        for f, c in counters.items():
-            if f == "organization":
-                c[dept] += 1
-            elif f == "groups":
-                c.update(set(topics or []))
-            elif f == "tags":
-                c.update(set(tags or []))
-            elif f == "update_cycle":
-                c[cycle] += 1
-            elif f == "open_level":
-                c[level] += 1
-            elif f == "license_id":
-                c[licence] += 1
-            elif f == "res_format":
-                c.update(["API", "CSV", "XLSX", "JSON", "Parquet", *(["GeoJSON"] if lon else [])])
-    return {f: dict(c.most_common(limit)) for f, c in counters.items()}
+# -- facets ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the facets count of one dataset."""
+
+    department_id: int
+    topics: tuple[str, ...]
+    tags: tuple[str, ...]
+    update_cycle: str
+    open_level: str
+    licence: str
+    geo: bool
+
+
+@dataclass
+class _Snapshot:
+    """The facet values of every published dataset at one state of the catalog, and the
+    whole catalog's counts per field once asked for (browsing matches everything)."""
+
+    key: tuple[Any, ...]
+    facts: dict[int, _Facts]
+    everything: dict[str, Counter[Any]] = field(default_factory=dict)
+
+    def all_counts(self, name: str) -> Counter[Any]:
+        known = self.everything.get(name)
+        if known is None:
+            known = self.everything[name] = _count(name, list(self.facts.values()))
+        return known
+
+
+class _FactCache:
+    """Facet values of every published dataset, kept in memory per database and reloaded when
+    the catalog changes: decoding the JSON tag lists of thousands of rows on every search is
+    what made faceted search slow. Any change to a dataset moves its `modified_at` (onupdate)
+    or the row count, so (count, max modified_at, max id) tells when to reload; each worker
+    process checks it on every search, so workers never serve stale counts."""
+
+    def __init__(self) -> None:
+        self._snapshot = _Snapshot((), {})
+
+    def get(self, session: Session) -> _Snapshot:
+        key = tuple(session.execute(select(func.count(), func.max(Dataset.modified_at),
+                                           func.max(Dataset.id))).one())
+        snapshot = self._snapshot  # one read: another thread may replace it meanwhile
+        if key == snapshot.key:
+            return snapshot
+        rows = session.execute(
+            select(Dataset.id, Dataset.department_id, cast(Dataset.topics, Text), cast(Dataset.tags, Text),
+                   Dataset.update_cycle, Dataset.open_level, Dataset.licence, Dataset.lon_field)
+            .where(Dataset.state == "published"))
+        facts = {i: _Facts(dept, tuple(dict.fromkeys(json.loads(topics or "[]"))),
+                           tuple(dict.fromkeys(json.loads(tags or "[]"))), cycle, level, licence,
+                           lon is not None)
+                 for i, dept, topics, tags, cycle, level, licence, lon in rows}
+        snapshot = self._snapshot = _Snapshot(key, facts)
+        return snapshot
+
+
+_CACHES: weakref.WeakKeyDictionary[Any, _FactCache] = weakref.WeakKeyDictionary()
+FORMATS = ("API", "CSV", "XLSX", "JSON", "Parquet")  # every dataset has these; GeoJSON if geo
+
+
+def _cache(session: Session) -> _FactCache:
+    bind = session.get_bind()
+    engine = getattr(bind, "engine", bind)
+    cache = _CACHES.get(engine)
+    if cache is None:
+        cache = _CACHES.setdefault(engine, _FactCache())
+    return cache
+
+
+def _count(field: str, rows: list[_Facts]) -> Counter[Any]:
+    """A field's values over some datasets (organization by department id)."""
+    if field in ("groups", "tags"):
+        return Counter(chain.from_iterable(map(attrgetter("topics" if field == "groups" else "tags"), rows)))
+    if field == "res_format":
+        geo = sum(map(attrgetter("geo"), rows))
+        c = Counter(dict.fromkeys(FORMATS, len(rows)) if rows else {})
+        if geo:
+            c["GeoJSON"] = geo
+        return c
+    attr = {"organization": "department_id", "update_cycle": "update_cycle", "open_level": "open_level",
+            "license_id": "licence"}.get(field)
+    if attr is None:
+        raise ValueError(field)
+    return Counter(map(attrgetter(attr), rows))
+
+
+def _facets(session: Session, snap: _Snapshot, ids: Sequence[int] | None, fields: Sequence[str],
+            limit: int) -> dict[str, dict[str, int]]:
+    """Counts of each field's values over the datasets `ids` (None: all published)."""
+    rows = [snap.facts[i] for i in ids if i in snap.facts] if ids is not None else []
+    everything = ids is None or len(rows) == len(snap.facts)
+    out: dict[str, dict[str, int]] = {}
+    for f in fields:
+        c = snap.all_counts(f) if everything else _count(f, rows)
+        if f == "organization":
+            codes = dict(session.execute(select(Department.id, Department.code)
+                                         .where(Department.id.in_(list(c)))).all()) if c else {}
+            c = Counter({codes[d]: n for d, n in c.items() if d in codes})
+        out[f] = dict(c.most_common(limit))
+    return out

@@ -207,16 +207,20 @@ def _check_spec(session: Session, res: hub.Resource, spec: dict[str, Any], ds: D
         bad("temporal_end", "before temporal_start / 早于起始日期")
     if errors:
         raise Invalid.many(errors)
-    rules = deid.parse_rules(spec.get("rules") or [], sources_of(res)) if "rules" in spec else None
-    if rules is not None:
+    # Quasi-identifiers and coordinates name output columns: check them against the rules in
+    # force after this change (a quasi-identifier naming no column would drop out of k-anonymity).
+    def now(key: str, default: Any) -> Any:
+        return spec[key] if key in spec else (getattr(ds, key) if ds is not None else default)
+
+    if {"rules", "quasi_identifiers", "lon_field", "lat_field"} & set(spec):
+        rules = deid.parse_rules(now("rules", []) or [], sources_of(res))
         outs = {o.name for o in deid.output_fields(sources_of(res), rules)}
-        for key in ("quasi_identifiers",):
-            for q in spec.get(key) or []:
-                if q not in outs:
-                    bad(key, f"{q!r} is not a published field / 不是开放字段")
+        for q in now("quasi_identifiers", []) or []:
+            if q not in outs:
+                bad("quasi_identifiers", f"{q!r} is not a published field / 不是开放字段")
         for key in ("lon_field", "lat_field"):
-            if spec.get(key) and spec[key] not in outs:
-                bad(key, f"{spec[key]!r} is not a published field / 不是开放字段")
+            if now(key, None) and now(key, None) not in outs:
+                bad(key, f"{now(key, None)!r} is not a published field / 不是开放字段")
     if errors:
         raise Invalid.many(errors)
 
@@ -275,6 +279,10 @@ def dataset_update(session: Session, actor: Actor, name: str, changes: dict[str,
     rebuild = {"rules", "quasi_identifiers", "k", "lon_field", "lat_field"}
     if ds.state == "published" and rebuild & set(changes):
         dataset_refresh(session, ds, strict=True)
+    if ds.state == "published":  # titles, tags and fields are searched: keep the index in step
+        from cityos.opendata import search
+
+        search.index_dataset(session, ds)
     return ds
 
 
@@ -325,7 +333,7 @@ def dataset_submit(session: Session, actor: Actor, name: str, note: str | None =
     """The provider's staff submit a draft for review, after the checks pass."""
     ds = dataset_by_name(session, name)
     access.require(actor, "opendata.dataset.prepare", dataset_target(ds), session)
-    if ds.state not in ("draft", "refused"):
+    if ds.state not in ("draft", "refused", "withdrawn"):  # a withdrawn one may open again
         raise Conflict(f"a {ds.state} dataset cannot be submitted / 当前状态不能提交", "state")
     built = publication_check(session, ds)
     ds.state = "submitted"

@@ -3,7 +3,6 @@ through the service layer, identical on every build, and a second build changes 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,10 +91,8 @@ def test_plan_covers_every_role_with_valid_identifiers() -> None:
 def test_build_creates_jilin_and_second_build_changes_nothing(
     settings: Settings, sessions: sessionmaker[Session], client, production_hasher: None
 ) -> None:
-    started = time.monotonic()
+    # No time limit here: speed is measured by bench/, not asserted by a test on a shared machine.
     report = seed.build(settings)
-    elapsed = time.monotonic() - started
-    assert elapsed < 20, f"demo build took {elapsed:.1f} s"
     plan = data.plan()
     assert report.created == plan.size and report.departments_skipped == 0
 

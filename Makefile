@@ -32,6 +32,7 @@ bench: install
 	$(PY) bench/hub_parse.py
 	$(PY) bench/hub.py
 	$(PY) bench/hub_read.py
+	$(PY) bench/opendata.py
 
 clean:
 	rm -rf node_modules cityos/core/static/vendor cityos/opendata/vendor build dist *.egg-info .pytest_cache .ruff_cache test-results

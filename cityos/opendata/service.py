@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 import cityos.hub.service as hub
 from cityos.core import access, audit, crypto, events
@@ -158,7 +158,8 @@ def sources_of(res: hub.Resource) -> list[deid.SourceField]:
 def dataset_by_name(session: Session, name: str) -> Dataset:
     """A dataset by its name or its id (uid), as CKAN accepts either."""
     ds = session.scalar(select(Dataset).where(or_(Dataset.name == name, Dataset.uid == name))
-                        .options(selectinload(Dataset.department), selectinload(Dataset.resource)))
+                        # One query: this runs on every public read.
+                        .options(joinedload(Dataset.department), joinedload(Dataset.resource)))
     if ds is None:
         raise NotFound("dataset", name)
     return ds

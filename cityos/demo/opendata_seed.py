@@ -523,7 +523,8 @@ def try_table(password: str, report: OpenReport) -> Table:
     table = Table("username / 用户名", "what to try / 试一试", title="Try open data / 体验公共数据开放",
                   caption=f"password / 密码: {password}")
     table.add_row(COMPANY_USER[0], "a company (企业用户): its application for zoning-parcels is pending; "
-                  "enterprise-credit-ratings was approved" + (f", key {report.key}" if report.key else ""))
+                  "enterprise-credit-ratings was approved (keys are secrets: never printed; sign in as "
+                  "planning_admin and approve the pending one to see a key once)")
     table.add_row("ndrc_admin / planning_admin",
                   "decide applications for 市发改委's / 市规划局's conditional data")
     table.add_row("quality_admin", "a submission awaits your review (metrology-verifications, overdue)")

@@ -16,6 +16,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     from cityos.hub import api as hub_api
     from cityos.hub import api_loading, api_registry, api_sharing
     from cityos.hub import pages as hub_pages
+    from cityos.maps import api as maps_api
     from cityos.opendata import api as opendata_api
     from cityos.opendata import applications as od_applications
     from cityos.opendata import ckan_api, dcat_api
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                api_loading.router, hub_api.router, hub_pages.router]
     routers += [opendata_api.router, ckan_api.router, dcat_api.router, opendata_pages.router]
     routers += [opendata_console.router]
+    routers += [maps_api.router]
     app = build_app(settings, routers, template_dirs=[hub_pages.TEMPLATES, opendata_pages.TEMPLATES],
                     engine=engine)
     # Open-data usage counts are kept in memory and flushed every few seconds while serving.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 
 # Packages with a models.py, in dependency order. Add each engine here as it lands.
-MODEL_MODULES = ["cityos.core.models", "cityos.hub.models", "cityos.opendata.models"]
+MODEL_MODULES = ["cityos.core.models", "cityos.hub.models", "cityos.opendata.models",
+                 "cityos.maps.models"]
 
 
 def import_all_models() -> None:

@@ -127,8 +127,16 @@ def _jsonable(value: Any) -> Any:
 
 
 def table_names(conn: Connection) -> list[str]:
-    """The tables a backup covers: every table of the default schema but extensions' own."""
-    return sorted(n for n in inspect(conn).get_table_names() if n not in FOREIGN_TABLES)
+    """The tables a backup covers: every table of the default schema but extensions' own.
+
+    SQLite virtual tables (the map's R*Tree) and their shadow tables are indexes derived from
+    other tables: the file copy carries them, the manifest counts only the data they index."""
+    names = inspect(conn).get_table_names()
+    if conn.dialect.name == "sqlite":
+        virtual = [str(r[0]) for r in conn.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%'")]
+        names = [n for n in names if not any(n == v or n.startswith(v + "_") for v in virtual)]
+    return sorted(n for n in names if n not in FOREIGN_TABLES)
 
 
 def table_stats(conn: Connection, names: list[str] | None = None) -> dict[str, TableStat]:

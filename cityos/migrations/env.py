@@ -14,8 +14,12 @@ target_metadata = Base.metadata
 
 
 def include_object(obj, name, type_, reflected, compare_to):  # type: ignore[no-untyped-def]
-    """The data hub (hub_data_*) and the open-data portal (od_rows_*) build tables at run time: not ours."""
-    return not (type_ == "table" and name and name.startswith(("hub_data_", "od_rows_")))
+    """The data hub (hub_data_*) and the open-data portal (od_rows_*) build tables at run time: not ours.
+    The map's R*Tree (map_features_rtree and its shadow tables, SQLite) and GiST index (PostgreSQL)
+    are created by hand in migration 0005, outside the models."""
+    if type_ == "table" and name and name.startswith(("hub_data_", "od_rows_", "map_features_rtree")):
+        return False
+    return not (type_ == "index" and name == "ix_map_features_geom")
 
 
 def run_migrations_offline() -> None:

@@ -33,6 +33,7 @@ bench: install
 	$(PY) bench/hub.py
 	$(PY) bench/hub_read.py
 	$(PY) bench/opendata.py
+	$(PY) bench/spatial.py
 
 clean:
 	rm -rf node_modules cityos/core/static/vendor cityos/opendata/vendor build dist *.egg-info .pytest_cache .ruff_cache test-results

@@ -17,7 +17,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     from cityos.hub import api_loading, api_registry, api_sharing
     from cityos.hub import pages as hub_pages
     from cityos.maps import api as maps_api
-    from cityos.maps import ogc_features, ogc_html
+    from cityos.maps import api_pipes, ogc_features, ogc_html
+    from cityos.maps import pages as maps_pages
     from cityos.opendata import api as opendata_api
     from cityos.opendata import applications as od_applications
     from cityos.opendata import ckan_api, dcat_api
@@ -30,9 +31,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                api_loading.router, hub_api.router, hub_pages.router]
     routers += [opendata_api.router, ckan_api.router, dcat_api.router, opendata_pages.router]
     routers += [opendata_console.router]
-    routers += [maps_api.router, ogc_features.router]
+    routers += [maps_api.router, ogc_features.router, api_pipes.router, maps_pages.router]
     app = build_app(settings, routers, template_dirs=[hub_pages.TEMPLATES, opendata_pages.TEMPLATES,
-                                                    ogc_html.TEMPLATES], engine=engine)
+                                                    ogc_html.TEMPLATES, maps_pages.TEMPLATES],
+                    engine=engine)
     # Open-data usage counts are kept in memory and flushed every few seconds while serving.
     app.router.lifespan_context = lambda _app: od_applications.usage_flusher(app.state.platform.sessions)
     return app

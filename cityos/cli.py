@@ -9,6 +9,7 @@ import typer
 from cityos.core import cli as core_cli
 from cityos.demo import cli as demo_cli
 from cityos.hub import cli as hub_cli
+from cityos.maps import cli as maps_cli
 from cityos.opendata import cli as opendata_cli
 
 app = typer.Typer(help="CityOS smart-city platform / 智慧城市平台", no_args_is_help=True,
@@ -17,6 +18,7 @@ core_cli.register(app)
 demo_cli.register(app)
 hub_cli.register(app)
 opendata_cli.register(app)
+maps_cli.register(app)
 
 
 @app.command()

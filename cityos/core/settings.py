@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     default_language: str = Field("zh-CN", pattern="^(zh-CN|en)$")
     demo_password: str = Field("cityos-demo", min_length=8)
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    map_tile_url: str | None = Field(
+        None,
+        description="A tile server for the maps' base layer, e.g. /tiles/{z}/{x}/{y}.png (the city's own, "
+                    "behind the same reverse proxy: the pages' CSP loads images from this site only). "
+                    "Unset (the default): the maps draw the city's own layers and load no tiles",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -62,6 +68,18 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite:// or postgresql+psycopg://")
         if value.startswith("postgresql://"):
             value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+    @field_validator("map_tile_url")
+    @classmethod
+    def _tile_template(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith(("/", "http://", "https://")) or value.startswith("//"):
+            raise ValueError("must be a path on this site (/tiles/...) or an http(s) URL")
+        if not all(part in value for part in ("{z}", "{x}", "{y}")):
+            raise ValueError("must contain {z}, {x} and {y}")
         return value
 
     @field_validator("secret_key")

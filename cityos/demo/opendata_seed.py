@@ -311,10 +311,12 @@ def _resource(session: Session, name: str) -> Resource:
 
 
 def openable(session: Session) -> list[tuple[Resource, OpenSpec]]:
-    """Every resource the hub catalog marks open or conditional, with how it opens: the
+    """Every resource the hub catalog marks open or conditional (map layers aside), with how it opens: the
     catalog's entries first, in their order, then any other (published under its English name)."""
+    # Map layers (format geo) open through the map and OGC API, not as rows: not planned here.
     resources = list(session.scalars(select(Resource).where(
-        Resource.open_type.in_(("open", "conditional")), Resource.secret.is_(False)).order_by(Resource.id)))
+        Resource.open_type.in_(("open", "conditional")), Resource.secret.is_(False),
+        Resource.format != "geo").order_by(Resource.id)))
     by_key = {(r.base_branch if r.category == "base" and r.base_branch in registries.REGISTRIES
                else r.name): r for r in resources}
     out: list[tuple[Resource, OpenSpec]] = []

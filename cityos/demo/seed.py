@@ -3,7 +3,8 @@
 Every department and user goes through `core.service`, acting as the system, so the demo is
 validated, encrypted and audited like real data; then `hub_seed` builds its data hub (catalogs,
 registries, millions of generated rows, sharing requests) and `opendata_seed` its open data
-(topics, the opening plan, published de-identified datasets, applications). What already
+(topics, the opening plan, published de-identified datasets, applications) and `maps_seed` its
+one map (reference and base layers, a water network). What already
 exists (looked up by department code, username, resource or request) is skipped and left as it
 is: a second build creates, changes and audits nothing.
 """
@@ -28,7 +29,7 @@ from cityos.core.access import SYSTEM
 from cityos.core.errors import Invalid
 from cityos.core.models import Department, User
 from cityos.core.settings import Settings
-from cityos.demo import hub_data, hub_seed, opendata_seed
+from cityos.demo import hub_data, hub_seed, maps_seed, opendata_seed
 from cityos.demo.data import Plan, plan
 
 Step = Callable[[str], None]
@@ -46,6 +47,7 @@ class BuildReport:
     seconds: float = 0.0
     hub: hub_seed.HubReport | None = None
     opendata: opendata_seed.OpenReport | None = None
+    maps: maps_seed.MapsReport | None = None
 
     @property
     def created(self) -> int:
@@ -109,7 +111,7 @@ def demo_scale(scale: float | None = None) -> float:
 
 def build(settings: Settings, console: Console | None = None, scale: float | None = None) -> BuildReport:
     """Migrate the database, load the keyring, seed the demo city in one transaction, then its
-    data hub at `demo_scale(scale)` and its open data, one transaction per dataset."""
+    data hub at `demo_scale(scale)`, its open data and its map, one transaction per dataset or layer."""
     scale = demo_scale(scale)
     started = time.monotonic()
     db.upgrade(settings.database_url)
@@ -125,6 +127,8 @@ def build(settings: Settings, console: Console | None = None, scale: float | Non
                 report.hub = hub_seed.build_hub(session, scale, console)
             with db.session_scope(db.make_sessionmaker(engine)) as session:
                 report.opendata = opendata_seed.build_open(session, scale, settings.demo_password, console)
+            with db.session_scope(db.make_sessionmaker(engine)) as session:
+                report.maps = maps_seed.build_maps(session, scale, settings.demo_password, console)
     finally:
         engine.dispose()
     report.seconds = time.monotonic() - started
@@ -161,11 +165,15 @@ def print_summary(console: Console, report: BuildReport, settings: Settings,
             f"({hub.resources_skipped} resources already there; {hub.seconds:.1f} s)")
     if report.opendata is not None:
         console.print(opendata_seed.summary_line(report.opendata))
+    if report.maps is not None:
+        console.print(maps_seed.summary_line(report.maps))
     console.print(logins_table(plan(), settings.demo_password))
     if report.hub is not None:
         console.print(showcase_table(settings.demo_password, report.hub.showcase))
     if report.opendata is not None:
         console.print(opendata_seed.try_table(settings.demo_password, report.opendata))
+    if report.maps is not None:
+        console.print(maps_seed.try_table(settings.demo_password))
     url = console_url(host or settings.host, port or settings.port)
     console.print(f"console / 控制台: [bold]{url}[/bold]")
 

@@ -178,21 +178,6 @@ def _read_all(session: Session, actor: Actor, code: str, purpose: str | None) ->
             return out
 
 
-def _audit_cached(session: Session, actor: Actor, rd: service.Reading, purpose: str | None) -> None:
-    """A read through a grant served from the cache, filed under the provider as the service
-    files its own shared reads."""
-    if rd.grant is None:
-        return
-    layer = rd.layer
-    audit.append(session, actor=actor.name, action="hub.data.read", department=layer.department.code,
-                 object_type="hub.resource", object_id=layer.resource_code,
-                 purpose=(purpose or "").strip() or rd.grant.purpose,
-                 detail={"via": "maps", "layer": layer.code, "operation": "network", "cached": True,
-                         "grant": rd.grant.id, "provider": layer.department.code,
-                         "reader_department": actor.department_code, "fields": rd.fields,
-                         "returned": layer.feature_count})
-
-
 def _text(props: Mapping[str, Any], name: str) -> str | None:
     value = props.get(name)
     return None if value is None or value == "" else str(value)
@@ -260,7 +245,8 @@ def network_load(session: Session, actor: Actor, network: str, *, purpose: str |
             _cache.move_to_end(key)
     if net is not None:
         for rd in readings.values():
-            _audit_cached(session, actor, rd, purpose)
+            # Served from the cache: the read is audited as the service audits its own shared reads.
+            service.audit_shared(session, actor, rd, "network", rd.layer.feature_count, purpose, cached=True)
         return net
     net = build_network({role: _read_all(session, actor, la.code, purpose) for role, la in layers.items()})
     with _cache_lock:

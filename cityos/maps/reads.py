@@ -158,7 +158,7 @@ def _shown(rd: Reading, feats: list[StoredFeature]) -> list[StoredFeature]:
     return feats
 
 
-def _audit_shared(session: Session, actor: Actor, rd: Reading, operation: str, returned: int,
+def audit_shared(session: Session, actor: Actor, rd: Reading, operation: str, returned: int,
                   purpose: str | None, **detail: Any) -> None:
     """A read through a grant, filed under the provider (its auditor sees who read what, why)."""
     if rd.grant is None:
@@ -211,7 +211,7 @@ def features_query(
     clauses = _filters(actor, rd, spatial, datetime, props) + list(where or [])
     feats = spatial.bbox_query(layer.id, box, limit=limit, offset=offset, where=clauses)
     matched = spatial.count(layer.id, box, where=clauses) if count else None
-    _audit_shared(session, actor, rd, "query", len(feats), purpose, bbox=list(box) if box else None,
+    audit_shared(session, actor, rd, "query", len(feats), purpose, bbox=list(box) if box else None,
                   limit=limit, offset=offset)
     return _shown(rd, feats), matched
 
@@ -231,7 +231,7 @@ def feature_get(session: Session, actor: Actor, code: str, fid: str, *,
     found = spatial.bbox_query(layer.id, None, limit=1, where=[store.FEATURES.c.fid == str(fid), *rows])
     if not found:
         raise NotFound("feature", fid)
-    _audit_shared(session, actor, rd, "get", 1, purpose, fid=str(fid))
+    audit_shared(session, actor, rd, "get", 1, purpose, fid=str(fid))
     return _shown(rd, found)[0]
 
 
@@ -253,7 +253,7 @@ def nearest(session: Session, actor: Actor, code: str, lon: float, lat: float, k
         raise Invalid("k", f"between 1 and {MAX_NEAREST} / 应在1到{MAX_NEAREST}之间")
     spatial = store.adapter(session)
     feats = spatial.nearest(layer.id, _point(lon, lat), k, where=_grant_rows(actor, rd, spatial))
-    _audit_shared(session, actor, rd, "nearest", len(feats), purpose, point=[lon, lat], k=k)
+    audit_shared(session, actor, rd, "nearest", len(feats), purpose, point=[lon, lat], k=k)
     return _shown(rd, feats)
 
 
@@ -270,7 +270,7 @@ def within_distance(session: Session, actor: Actor, code: str, geom: BaseGeometr
     spatial = store.adapter(session)
     feats = spatial.within_distance(layer.id, geom, float(metres), limit=limit,
                                     where=_grant_rows(actor, rd, spatial))
-    _audit_shared(session, actor, rd, "within", len(feats), purpose, metres=metres)
+    audit_shared(session, actor, rd, "within", len(feats), purpose, metres=metres)
     return _shown(rd, feats)
 
 
@@ -280,7 +280,7 @@ def assign(session: Session, actor: Actor, code: str, lons: Any, lats: Any, attr
     layer = layer_by_code(session, code)
     rd = reading(session, actor, layer)
     values = _assign(session, actor, rd, lons, lats, attribute)
-    _audit_shared(session, actor, rd, "assign", len(values), purpose, attribute=attribute)
+    audit_shared(session, actor, rd, "assign", len(values), purpose, attribute=attribute)
     return values
 
 
@@ -345,7 +345,7 @@ def locate_many(session: Session, actor: Actor, lons: Any, lats: Any, *,
     for role, (rd, attribute) in readings.items():
         values = _assign(session, actor, rd, lons, lats, attribute)
         out[role] = [None if v is None else str(v) for v in values]
-        _audit_shared(session, actor, rd, "locate", len(values), purpose, role=role)
+        audit_shared(session, actor, rd, "locate", len(values), purpose, role=role)
     return out
 
 

@@ -37,6 +37,7 @@ from cityos.maps.reads import (
     ROLES,
     Reading,
     assign,
+    audit_shared,
     data_target,
     feature_get,
     features_query,
@@ -260,7 +261,8 @@ def _existing_fids(session: Session, layer_id: int, fids: Sequence[str]) -> set[
 
 # Reads and spatial services live in maps.reads; other packages reach them through this module.
 __all__ = ["ATTRIBUTE_TYPES", "GEOMETRY_TYPES", "MAX_LIMIT", "ROLES", "Reading", "StoredFeature",
-           "WriteResult", "area_m2", "assign", "feature_get", "features_query", "features_write",
+           "WriteResult", "area_m2", "assign", "audit_shared", "feature_get", "features_query",
+           "features_write",
            "layer_by_code", "layer_create", "layer_get", "layer_list", "layer_public", "layer_set_public",
            "layer_target", "length_m", "locate", "locate_many", "nearest", "readable_fields", "reading",
            "reference_layers", "reference_set", "within_distance"]

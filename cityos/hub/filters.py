@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from cityos.core import workdays
+from cityos.core import values
 from cityos.core.errors import Invalid
 from cityos.hub import store
 
@@ -18,58 +18,8 @@ def _text(v: Any) -> str:
     return str(v)
 
 
-def _integer(v: Any) -> int:
-    if isinstance(v, bool):
-        raise ValueError("not an integer / 不是整数")
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    s = str(v).strip()
-    if not s.lstrip("+-").isdigit():
-        raise ValueError("not an integer / 不是整数")
-    return int(s)
-
-
-def _number(v: Any) -> float:
-    if isinstance(v, bool):
-        raise ValueError("not a number / 不是数值")
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise ValueError("not a number / 不是数值") from None
-
-
-def _boolean(v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("true", "1", "yes", "是"):
-        return True
-    if s in ("false", "0", "no", "否"):
-        return False
-    raise ValueError("not true or false / 须为 true 或 false")
-
-
-def _date(v: Any) -> dt.date:
-    if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
-        return v
-    try:
-        return dt.date.fromisoformat(str(v).strip())
-    except ValueError:
-        raise ValueError("not a date (YYYY-MM-DD) / 日期格式应为 YYYY-MM-DD") from None
-
-
-def _datetime(v: Any) -> dt.datetime:
-    if isinstance(v, dt.datetime):
-        out = v
-    else:
-        try:
-            out = dt.datetime.fromisoformat(str(v).strip())
-        except ValueError:
-            raise ValueError("not a date-time (ISO 8601) / 时间格式应为 ISO 8601") from None
-    # A time without a zone is the city's local time.
-    return out if out.tzinfo else out.replace(tzinfo=workdays.CITY_TZ)
+_integer, _number, _boolean = values.to_integer, values.to_number, values.to_boolean
+_date, _datetime = values.to_date, values.to_datetime
 
 
 def _upper(v: Any) -> str:

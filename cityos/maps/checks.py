@@ -14,6 +14,7 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from cityos.core import values
 from cityos.core.errors import FieldError, Invalid
 from cityos.core.workdays import CITY_TZ
 from cityos.maps.store import NewFeature
@@ -25,60 +26,8 @@ REPORT_LIMIT = 100
 FID_MAX = 128
 
 
-def _boolean(v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("true", "1", "yes", "是"):
-        return True
-    if s in ("false", "0", "no", "否"):
-        return False
-    raise ValueError("not true or false / 须为 true 或 false")
-
-
-def _integer(v: Any) -> int:
-    if isinstance(v, bool):
-        raise ValueError("not an integer / 不是整数")
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    s = str(v).strip()
-    if not s.lstrip("+-").isdigit():
-        raise ValueError("not an integer / 不是整数")
-    return int(s)
-
-
-def _number(v: Any) -> float:
-    if isinstance(v, bool):
-        raise ValueError("not a number / 不是数值")
-    try:
-        out = float(v)
-    except (TypeError, ValueError):
-        raise ValueError("not a number / 不是数值") from None
-    if not math.isfinite(out):
-        raise ValueError("not a finite number / 不是有限数值")
-    return out
-
-
-def _date(v: Any) -> dt.date:
-    if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
-        return v
-    try:
-        return dt.date.fromisoformat(str(v).strip())
-    except ValueError:
-        raise ValueError("not a date (YYYY-MM-DD) / 日期格式应为 YYYY-MM-DD") from None
-
-
-def _datetime(v: Any) -> dt.datetime:
-    if isinstance(v, dt.datetime):
-        out = v
-    else:
-        try:
-            out = dt.datetime.fromisoformat(str(v).strip())
-        except ValueError:
-            raise ValueError("not a date-time (ISO 8601) / 时间格式应为 ISO 8601") from None
-    return out if out.tzinfo else out.replace(tzinfo=CITY_TZ)  # no zone: the city's local time
+_integer, _number, _boolean = values.to_integer, values.to_finite_number, values.to_boolean
+_date, _datetime = values.to_date, values.to_datetime
 
 
 _TYPED: dict[str, Callable[[Any], Any]] = {

@@ -40,13 +40,14 @@ from starlette.concurrency import run_in_threadpool
 
 from cityos.core import access
 from cityos.core.access import Actor
+from cityos.core.basic_auth import REALM
+from cityos.core.basic_auth import BasicActor as OgcActor
 from cityos.core.errors import CityOSError, Invalid
 from cityos.core.web import PROBLEM, SessionDep, _audit_denial
 from cityos.maps import crs as crs_mod
 from cityos.maps import ogc_html, service, store
 from cityos.maps import ogc_params as params
 from cityos.maps.models import Layer
-from cityos.maps.ogc_auth import REALM, OgcActor
 from cityos.maps.ogc_openapi import openapi_document
 
 JSON, GEOJSON, HTML = "application/json", "application/geo+json", "text/html"

@@ -1,8 +1,9 @@
-"""Who is calling /ogc (OGC API 身份认证): the platform's bearer tokens and API keys, plus HTTP Basic.
+"""HTTP Basic for standard clients (Basic 认证): the platform's bearer tokens and API keys, plus Basic.
 
-Desktop GIS (QGIS) and OWSLib authenticate with HTTP Basic, so /ogc accepts it besides what
-`core.web.get_actor` reads: a username and password (checked by `auth.login_check`, with its
-lockout and audit), or any username with a CityOS API key as the password.
+Desktop GIS (QGIS), OWSLib and SensorThings clients authenticate with HTTP Basic, so /ogc and
+/sta accept it besides what `core.web.get_actor` reads: a username and password (checked by
+`auth.login_check`, with its lockout and audit), or any username with a CityOS API key as the
+password.
 
 A verified password is remembered for a few minutes, keyed by an HMAC of the pair (never the
 password itself): QGIS sends the same header on every one of its many requests, and each would
@@ -89,7 +90,7 @@ def basic_actor(request: Request, session: Session, username: str, password: str
     if actor is not None:
         return actor
     result = auth.login_check(session, username, password, threshold=settings.lockout_threshold,
-                              lock_seconds=settings.lockout_seconds, channel="ogc-basic")
+                              lock_seconds=settings.lockout_seconds, channel="http-basic")
     session.commit()  # the attempt is audited and counted whatever the outcome
     if result.error == "locked":
         raise Locked("account locked after repeated failures / 账户已锁定，请稍后再试", result.retry_after)
@@ -103,8 +104,8 @@ def basic_actor(request: Request, session: Session, username: str, password: str
     return auth.user_actor(result.user)
 
 
-async def ogc_actor(request: Request, session: SessionDep) -> Actor:
-    """Who sent this /ogc request: HTTP Basic if present, else what the core reads (bearer token,
+async def basic_or_actor(request: Request, session: SessionDep) -> Actor:
+    """Who sent this request: HTTP Basic if present, else what the core reads (bearer token,
     API key, console cookie), else anonymous."""
     creds = basic_credentials(request.headers.get("authorization", ""))
     if creds is None:
@@ -114,4 +115,4 @@ async def ogc_actor(request: Request, session: SessionDep) -> Actor:
     return actor
 
 
-OgcActor = Annotated[Actor, Depends(ogc_actor)]
+BasicActor = Annotated[Actor, Depends(basic_or_actor)]

@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     from cityos.opendata import ckan_api, dcat_api
     from cityos.opendata import pages as opendata_pages
     from cityos.opendata import pages_console as opendata_console
+    from cityos.sensing import api as sensing_api
 
     settings = settings or load_settings()
     # Engines add their routers (and template folders) here as they land.
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     routers += [opendata_api.router, ckan_api.router, dcat_api.router, opendata_pages.router]
     routers += [opendata_console.router]
     routers += [maps_api.router, ogc_features.router, api_pipes.router, maps_pages.router]
+    routers += [sensing_api.router]
     app = build_app(settings, routers, template_dirs=[hub_pages.TEMPLATES, opendata_pages.TEMPLATES,
                                                     ogc_html.TEMPLATES, maps_pages.TEMPLATES],
                     engine=engine)

@@ -61,6 +61,21 @@ class Settings(BaseSettings):
                     "Unset (the default): the maps draw the city's own layers and load no tiles",
     )
 
+    mqtt_url: str | None = Field(
+        None,
+        description="MQTT broker sensing connects to as a client, e.g. mqtt://127.0.0.1:1883 (Mosquitto). "
+                    "Unset: no MQTT, readings come in over HTTP only",
+    )
+    mqtt_username: str | None = Field(None, description="CityOS's own user at the MQTT broker")
+    mqtt_password: str | None = Field(None, description="Password of mqtt_username")
+    sensing_max_pending: int = Field(
+        200_000, ge=100,
+        description="Readings that may wait for the database before ingest answers 429 (HTTP) or holds "
+                    "back PUBACKs (MQTT)",
+    )
+    sensing_sqlite_cache_mb: int = Field(32, ge=2, le=1024,
+                                         description="SQLite page cache of the ingest writer's connection")
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
@@ -81,6 +96,15 @@ class Settings(BaseSettings):
         if not all(part in value for part in ("{z}", "{x}", "{y}")):
             raise ValueError("must contain {z}, {x} and {y}")
         return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("mqtt://", "tcp://")):
+            raise ValueError("must look like mqtt://host:1883")
+        return value.strip()
 
     @field_validator("secret_key")
     @classmethod

@@ -261,7 +261,7 @@ class Streams:
     def require(self, datastream_id: int, field_name: str = "datastream") -> StreamInfo:
         info = self.get(datastream_id)
         if info is None:
-            raise NotFound(f"Datastream({datastream_id}) does not exist / 数据流不存在")
+            raise NotFound("Datastream / 数据流", datastream_id)
         return info
 
 
@@ -307,8 +307,13 @@ class Stats:
 class Writer:
     """The process's one writer of readings: a bounded queue and a thread doing group commits."""
 
-    def __init__(self, engine: Engine, *, max_pending: int = 200_000, max_batch: int = 20_000) -> None:
+    def __init__(self, engine: Engine, *, max_pending: int = 200_000, max_batch: int = 20_000,
+                 sqlite_cache_mb: int = 32) -> None:
         self.engine = engine
+        # Readings of many streams land all over the (stream, time) index: a larger page cache than
+        # SQLite's 2 MB default keeps those pages in memory (a set size, so memory stays flat).
+        sqlite = engine.dialect.name == "sqlite"
+        self._pragma = f"PRAGMA cache_size=-{sqlite_cache_mb * 1024}" if sqlite else None
         self.max_pending = max_pending
         self.max_batch = max_batch
         self.streams = Streams(engine)
@@ -415,6 +420,8 @@ class Writer:
         thing_of = {info.id: info.thing_id for info in self.streams.many({r[0] for r in rows}).values()}
         try:
             with self.engine.begin() as conn:
+                if self._pragma:
+                    conn.exec_driver_sql(self._pragma)
                 written = store.write(conn, rows, self.marks, thing_of, now_ms())
         except Exception as exc:  # nothing of the batch is stored: fail each submitter, keep running
             log.exception("ingest batch of %d readings failed", len(rows))

@@ -36,7 +36,9 @@ def runtime_of(platform: Any) -> Runtime:
     with _lock:
         rt = getattr(platform, "sensing", None)
         if rt is None:
-            rt = Runtime(Writer(platform.engine))
+            settings = platform.settings
+            rt = Runtime(Writer(platform.engine, max_pending=settings.sensing_max_pending,
+                                sqlite_cache_mb=settings.sensing_sqlite_cache_mb))
             rt.writer.start()
             platform.sensing = rt
     return rt

@@ -151,6 +151,6 @@ def check_stream_write(session: Session | None, actor: Actor, info: Any) -> None
 def thing_get(session: Session, actor: Actor, thing_id: int) -> Thing:
     thing = session.get(Thing, thing_id)
     if thing is None:
-        raise NotFound(f"Thing({thing_id}) does not exist / 设备不存在")
+        raise NotFound("Thing / 设备", thing_id)
     access.require(actor, "sensing.read", thing_target(thing, thing.department.path), session)
     return thing

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
 from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 
 from cityos.core.settings import Settings, load_settings
 
@@ -20,11 +24,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     from cityos.maps import api_pipes, ogc_features, ogc_html
     from cityos.maps import pages as maps_pages
     from cityos.opendata import api as opendata_api
-    from cityos.opendata import applications as od_applications
     from cityos.opendata import ckan_api, dcat_api
     from cityos.opendata import pages as opendata_pages
     from cityos.opendata import pages_console as opendata_console
     from cityos.sensing import api as sensing_api
+    from cityos.sensing import api_rules as sensing_rules
 
     settings = settings or load_settings()
     # Engines add their routers (and template folders) here as they land.
@@ -33,10 +37,30 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     routers += [opendata_api.router, ckan_api.router, dcat_api.router, opendata_pages.router]
     routers += [opendata_console.router]
     routers += [maps_api.router, ogc_features.router, api_pipes.router, maps_pages.router]
-    routers += [sensing_api.router]
+    routers += [sensing_api.router, sensing_rules.router]
     app = build_app(settings, routers, template_dirs=[hub_pages.TEMPLATES, opendata_pages.TEMPLATES,
                                                     ogc_html.TEMPLATES, maps_pages.TEMPLATES],
                     engine=engine)
-    # Open-data usage counts are kept in memory and flushed every few seconds while serving.
-    app.router.lifespan_context = lambda _app: od_applications.usage_flusher(app.state.platform.sessions)
+    app.router.lifespan_context = _lifespan
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """While serving: open-data usage counts are flushed every few seconds; sensing's writer, rules
+    and MQTT bridge run (started at once when a broker is set, else on first use) and are drained
+    and stopped at shutdown, so an acknowledged reading is never left in memory."""
+    from cityos.opendata import applications as od_applications
+    from cityos.sensing import runtime as sensing_runtime
+
+    platform = app.state.platform
+    if platform.settings.mqtt_url:
+        sensing_runtime.runtime_of(platform)
+    async with od_applications.usage_flusher(platform.sessions):
+        try:
+            yield
+        finally:
+            rt = getattr(platform, "sensing", None)
+            if rt is not None:
+                await run_in_threadpool(rt.stop)
+                platform.sensing = None

@@ -19,6 +19,9 @@ _HANDLERS: dict[str, list[Handler]] = {}
 # Names in use (producer → meaning):
 HUB_VERSION_CREATED = "hub.version.created"  # hub: a resource has a new version (session, resource, version)
 OPENDATA_PUBLISHED = "opendata.dataset.published"  # opendata: a dataset went public (session, dataset)
+SENSING_ALERT_OPENED = "sensing.alert.opened"  # sensing: an alert (re)opened (session, alert, reopened)
+SENSING_ALERT_ACKNOWLEDGED = "sensing.alert.acknowledged"  # sensing: someone took it (session, alert)
+SENSING_ALERT_RESOLVED = "sensing.alert.resolved"  # sensing: cleared by the rule or a person (session, alert)
 
 
 def subscribe(name: str, handler: Handler) -> None:

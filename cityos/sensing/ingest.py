@@ -439,8 +439,8 @@ class Writer:
         self.stats.stored += len(written.new)
         self.stats.duplicates += written.duplicates
         self._release(len(rows))
+        self._notify(written)  # listeners only enqueue; then the submitters learn it is stored
         self._resolve(jobs, written)
-        self._notify(written)
 
     def _flush_one(self, job: _Job) -> None:
         with self._cond:

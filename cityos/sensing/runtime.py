@@ -1,14 +1,15 @@
 """The running parts of sensing (运行时): the writer, the rules engine, the MQTT bridge, the
-webhook sender, kept per app (one set per process) and started on first use or at start-up."""
+webhook sender and housekeeping, kept per app (one set per process) and started on first use."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cityos.sensing.ingest import Writer
+from cityos.sensing.ingest import Writer, now_ms
 
 log = logging.getLogger("cityos.sensing")
 _lock = threading.Lock()
@@ -28,6 +29,54 @@ class Runtime:
         self.writer.stop()
 
 
+class Every:
+    """Run `job` every `seconds` on a daemon thread (retention, offline checks)."""
+
+    def __init__(self, name: str, seconds: float, job: Callable[[], Any]) -> None:
+        self.name, self.seconds, self.job = name, seconds, job
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"cityos-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds):
+            try:
+                self.job()
+            except Exception:
+                log.exception("%s failed", self.name)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _retention(platform: Any) -> Callable[[], None]:
+    def job() -> None:
+        from cityos.sensing import timeseries
+
+        with platform.sessions() as session:
+            timeseries.apply_retention(session, now_ms())
+    return job
+
+
+def build(platform: Any) -> Runtime:
+    settings = platform.settings
+    rt = Runtime(Writer(platform.engine, max_pending=settings.sensing_max_pending,
+                        sqlite_cache_mb=settings.sensing_sqlite_cache_mb))
+    rt.writer.start()
+    from cityos.sensing import alerts, rules
+
+    rt.parts["rules"] = rules.Engine(platform.engine)
+    rt.writer.add_listener(rt.parts["rules"].feed)
+    rt.parts["webhooks"] = alerts.Sender(platform.engine)
+    rt.parts["retention"] = Every("sensing-retention", 3600, _retention(platform))
+    for part in rt.parts.values():
+        part.start()
+    return rt
+
+
 def runtime_of(platform: Any) -> Runtime:
     """The sensing runtime of a `core.web.Platform`, made on first use."""
     rt = getattr(platform, "sensing", None)
@@ -36,9 +85,6 @@ def runtime_of(platform: Any) -> Runtime:
     with _lock:
         rt = getattr(platform, "sensing", None)
         if rt is None:
-            settings = platform.settings
-            rt = Runtime(Writer(platform.engine, max_pending=settings.sensing_max_pending,
-                                sqlite_cache_mb=settings.sensing_sqlite_cache_mb))
-            rt.writer.start()
+            rt = build(platform)
             platform.sensing = rt
     return rt

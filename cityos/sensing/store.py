@@ -236,7 +236,8 @@ def _update_streams(conn: Connection, rows: Sequence[Row]) -> None:
         f"phenomenon_end = {hi}(COALESCE(phenomenon_end, {pe}), {pe}), "
         f"result_start = CASE WHEN {rs} IS NULL THEN result_start "
         f"ELSE {lo}(COALESCE(result_start, {rs}), {rs}) END, "
-        f"result_end = CASE WHEN {re_} IS NULL THEN result_end ELSE {hi}(COALESCE(result_end, {re_}), {re_}) END, "
+        f"result_end = CASE WHEN {re_} IS NULL THEN result_end "
+        f"ELSE {hi}(COALESCE(result_end, {re_}), {re_}) END, "
         f"last_value = CASE WHEN last_time IS NULL OR {lt} >= last_time THEN CAST(:lv AS FLOAT) "
         f"ELSE last_value END, last_time = {hi}(COALESCE(last_time, {lt}), {lt}) WHERE id = :id"
     )
@@ -254,8 +255,8 @@ def _update_things(conn: Connection, seen: dict[int, int]) -> None:
     if not seen:
         return
     hi = _least(_dialect(conn))[1]
-    conn.execute(text(f"UPDATE sensor_things SET last_seen_at = {hi}(COALESCE(last_seen_at, CAST(:t AS BIGINT)), "
-                      "CAST(:t AS BIGINT)) "
+    t = "CAST(:t AS BIGINT)"
+    conn.execute(text(f"UPDATE sensor_things SET last_seen_at = {hi}(COALESCE(last_seen_at, {t}), {t}) "
                       "WHERE id = :id"), [{"id": k, "t": v} for k, v in seen.items()])
 
 

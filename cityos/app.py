@@ -28,7 +28,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     from cityos.opendata import pages as opendata_pages
     from cityos.opendata import pages_console as opendata_console
     from cityos.sensing import api as sensing_api
+    from cityos.sensing import api_ingest as sensing_ingest
     from cityos.sensing import api_rules as sensing_rules
+    from cityos.sensing import pages as sensing_pages
+    from cityos.sensing import sensorthings
 
     settings = settings or load_settings()
     # Engines add their routers (and template folders) here as they land.
@@ -37,9 +40,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     routers += [opendata_api.router, ckan_api.router, dcat_api.router, opendata_pages.router]
     routers += [opendata_console.router]
     routers += [maps_api.router, ogc_features.router, api_pipes.router, maps_pages.router]
-    routers += [sensing_api.router, sensing_rules.router]
+    routers += [sensing_ingest.router, sensing_api.router, sensing_rules.router, sensorthings.router, sensing_pages.router]
     app = build_app(settings, routers, template_dirs=[hub_pages.TEMPLATES, opendata_pages.TEMPLATES,
-                                                    ogc_html.TEMPLATES, maps_pages.TEMPLATES],
+                                                    ogc_html.TEMPLATES, maps_pages.TEMPLATES,
+                                                    sensing_pages.TEMPLATES],
                     engine=engine)
     app.router.lifespan_context = _lifespan
     return app

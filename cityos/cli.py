@@ -11,6 +11,7 @@ from cityos.demo import cli as demo_cli
 from cityos.hub import cli as hub_cli
 from cityos.maps import cli as maps_cli
 from cityos.opendata import cli as opendata_cli
+from cityos.sensing import cli as sensing_cli
 
 app = typer.Typer(help="CityOS smart-city platform / 智慧城市平台", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -19,6 +20,7 @@ demo_cli.register(app)
 hub_cli.register(app)
 opendata_cli.register(app)
 maps_cli.register(app)
+sensing_cli.register(app)
 
 
 @app.command()

@@ -102,8 +102,8 @@ class Settings(BaseSettings):
     def _broker_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        if not value.startswith(("mqtt://", "tcp://")):
-            raise ValueError("must look like mqtt://host:1883")
+        if not value.startswith(("mqtt://", "tcp://", "mqtts://", "ssl://")):
+            raise ValueError("must look like mqtt://host:1883 (or mqtts:// for TLS)")
         return value.strip()
 
     @field_validator("secret_key")

@@ -15,6 +15,8 @@ def demo(
     build_only: Annotated[bool, typer.Option("--build-only", help="build, then exit")] = False,
     host: Annotated[str | None, typer.Option(help="bind address (default from settings)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default from settings)")] = None,
+    no_simulate: Annotated[bool, typer.Option(
+        "--no-simulate", help="do not start the device simulator / 不启动设备模拟器")] = False,
     scale: Annotated[float | None, typer.Option(
         min=0.0, max=10.0, help="size of the data hub's generated data: 1.0 is ~2.6 million rows, 0.01 a "
         "quick demo, 0 none (default: CITYOS_DEMO_SCALE, else 1.0)")] = None,
@@ -32,9 +34,21 @@ def demo(
     if build_only:
         return
     # The very code of `cityos serve` (imported here: cityos.cli imports this module).
-    from cityos.cli import serve
+    from pathlib import Path
 
-    serve(host=host, port=port)
+    from cityos.cli import serve
+    from cityos.sensing import simulator
+
+    # The demo's devices report live: the simulator signs in as each of them and posts over HTTP
+    # to this very server once it answers.
+    sim = None if no_simulate else simulator.start_background(
+        Path(settings.data_dir) / simulator.DEVICES_FILE,
+        simulator.local_url(host or settings.host, port or settings.port))
+    try:
+        serve(host=host, port=port)
+    finally:
+        if sim is not None:
+            sim.stop()
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,7 @@ from cityos.core.access import SYSTEM
 from cityos.core.errors import Invalid
 from cityos.core.models import Department, User
 from cityos.core.settings import Settings
-from cityos.demo import hub_data, hub_seed, maps_seed, opendata_seed
+from cityos.demo import hub_data, hub_seed, maps_seed, opendata_seed, sensing_seed
 from cityos.demo.data import Plan, plan
 
 Step = Callable[[str], None]
@@ -48,6 +48,7 @@ class BuildReport:
     hub: hub_seed.HubReport | None = None
     opendata: opendata_seed.OpenReport | None = None
     maps: maps_seed.MapsReport | None = None
+    sensing: sensing_seed.SensingReport | None = None
 
     @property
     def created(self) -> int:
@@ -129,6 +130,8 @@ def build(settings: Settings, console: Console | None = None, scale: float | Non
                 report.opendata = opendata_seed.build_open(session, scale, settings.demo_password, console)
             with db.session_scope(db.make_sessionmaker(engine)) as session:
                 report.maps = maps_seed.build_maps(session, scale, settings.demo_password, console)
+            with db.session_scope(db.make_sessionmaker(engine)) as session:
+                report.sensing = sensing_seed.build_sensing(session, scale, settings.data_dir, console)
     finally:
         engine.dispose()
     report.seconds = time.monotonic() - started
@@ -167,6 +170,8 @@ def print_summary(console: Console, report: BuildReport, settings: Settings,
         console.print(opendata_seed.summary_line(report.opendata))
     if report.maps is not None:
         console.print(maps_seed.summary_line(report.maps))
+    if report.sensing is not None:
+        console.print(sensing_seed.summary_line(report.sensing))
     console.print(logins_table(plan(), settings.demo_password))
     if report.hub is not None:
         console.print(showcase_table(settings.demo_password, report.hub.showcase))
@@ -174,6 +179,8 @@ def print_summary(console: Console, report: BuildReport, settings: Settings,
         console.print(opendata_seed.try_table(settings.demo_password, report.opendata))
     if report.maps is not None:
         console.print(maps_seed.try_table(settings.demo_password))
+    if report.sensing is not None:
+        console.print(sensing_seed.try_table(settings.demo_password))
     url = console_url(host or settings.host, port or settings.port)
     console.print(f"console / 控制台: [bold]{url}[/bold]")
 

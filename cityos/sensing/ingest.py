@@ -208,11 +208,14 @@ def compact_row(info: StreamInfo, item: Any, field_name: str, now: int) -> Row:
 
 
 class Streams:
-    """Stream facts by id, loaded on first use and dropped by `forget` when a stream changes."""
+    """Stream facts by id, loaded on first use, dropped by `forget` when a stream changes here, and
+    reloaded after `ttl` seconds anyway: another process (the CLI re-keying a device, a second
+    worker) may have changed them."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, ttl: float = 60.0) -> None:
         self.engine = engine
-        self._cache: dict[int, StreamInfo | None] = {}
+        self.ttl = ttl
+        self._cache: dict[int, tuple[StreamInfo | None, float]] = {}
         self._lock = threading.Lock()
 
     def forget(self, datastream_id: int | None = None) -> None:
@@ -222,40 +225,55 @@ class Streams:
             else:
                 self._cache.pop(datastream_id, None)
 
+    def _fresh(self, datastream_id: int, now: float) -> tuple[bool, StreamInfo | None]:
+        hit = self._cache.get(datastream_id)
+        if hit is None or hit[1] < now:
+            return False, None
+        return True, hit[0]
+
     def get(self, datastream_id: int) -> StreamInfo | None:
-        hit = self._cache.get(datastream_id, False)
-        if hit is not False:
-            return hit  # type: ignore[return-value]
+        known, info = self._fresh(datastream_id, time.monotonic())
+        if known:
+            return info
         return self.load([datastream_id]).get(datastream_id)
 
     def many(self, ids: Iterable[int]) -> dict[int, StreamInfo]:
-        ids = set(ids)
-        out = {i: s for i in ids if (s := self._cache.get(i)) is not None}
-        missing = [i for i in ids if i not in self._cache]
+        now = time.monotonic()
+        out: dict[int, StreamInfo] = {}
+        missing = []
+        for i in set(ids):
+            known, info = self._fresh(i, now)
+            if not known:
+                missing.append(i)
+            elif info is not None:
+                out[i] = info
         if missing:
             out.update(self.load(missing))
         return out
 
     def load(self, ids: Sequence[int]) -> dict[int, StreamInfo]:
-        from cityos.sensing.models import multi_datastream_properties  # noqa: F401  (table in metadata)
-
         found: dict[int, StreamInfo] = {}
+        fois: dict[int, int | None] = {}
         with Session(self.engine) as session:
-            rows = session.execute(
-                select(Datastream, Thing.device_key, Department.path)
-                .join(Thing, Thing.id == Datastream.thing_id)
-                .join(Department, Department.id == Datastream.department_id)
-                .where(Datastream.id.in_(list(ids)))
-            ).all()
-            for ds, device_key, path in rows:
-                members = len(ds.unit_of_measurement) if ds.kind == "multi" else 0
-                found[ds.id] = StreamInfo(
-                    ds.id, ds.kind, ds.department_id, path, ds.thing_id, device_key, ds.observation_type,
-                    members, tuple(ds.multi_observation_types or ()), auto_feature(session, ds.thing_id))
+            for i in range(0, len(ids), 500):
+                rows = session.execute(
+                    select(Datastream, Thing.device_key, Department.path)
+                    .join(Thing, Thing.id == Datastream.thing_id)
+                    .join(Department, Department.id == Datastream.department_id)
+                    .where(Datastream.id.in_(list(ids[i:i + 500])))
+                ).all()
+                for ds, device_key, path in rows:
+                    if ds.thing_id not in fois:
+                        fois[ds.thing_id] = auto_feature(session, ds.thing_id)
+                    members = len(ds.unit_of_measurement) if ds.kind == "multi" else 0
+                    found[ds.id] = StreamInfo(
+                        ds.id, ds.kind, ds.department_id, path, ds.thing_id, device_key, ds.observation_type,
+                        members, tuple(ds.multi_observation_types or ()), fois[ds.thing_id])
             session.commit()
+        until = time.monotonic() + self.ttl
         with self._lock:
             for i in ids:
-                self._cache[i] = found.get(i)
+                self._cache[i] = (found.get(i), until)
         return found
 
     def require(self, datastream_id: int, field_name: str = "datastream") -> StreamInfo:
@@ -313,7 +331,10 @@ class Writer:
         # Readings of many streams land all over the (stream, time) index: a larger page cache than
         # SQLite's 2 MB default keeps those pages in memory (a set size, so memory stays flat).
         sqlite = engine.dialect.name == "sqlite"
-        self._pragma = f"PRAGMA cache_size=-{sqlite_cache_mb * 1024}" if sqlite else None
+        self._pragmas = [f"PRAGMA cache_size=-{sqlite_cache_mb * 1024}",
+                         # An acknowledged reading must survive a power cut, not only a crash: the
+                         # writer fsyncs each batch's commit (one per batch, not per reading).
+                         "PRAGMA synchronous=FULL"] if sqlite else []
         self.max_pending = max_pending
         self.max_batch = max_batch
         self.streams = Streams(engine)
@@ -420,8 +441,8 @@ class Writer:
         thing_of = {info.id: info.thing_id for info in self.streams.many({r[0] for r in rows}).values()}
         try:
             with self.engine.begin() as conn:
-                if self._pragma:
-                    conn.exec_driver_sql(self._pragma)
+                for pragma in self._pragmas:
+                    conn.exec_driver_sql(pragma)
                 written = store.write(conn, rows, self.marks, thing_of, now_ms())
         except Exception as exc:  # nothing of the batch is stored: fail each submitter, keep running
             log.exception("ingest batch of %d readings failed", len(rows))

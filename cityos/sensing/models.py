@@ -83,6 +83,7 @@ class Thing(Base):
     # SHA-256 is kept (the secret is random and long, so a fast hash suffices, as for API keys).
     device_key: Mapped[str | None] = mapped_column(String(64), unique=True)
     secret_hash: Mapped[str | None] = mapped_column(String(64))
+    broker_hash: Mapped[str | None] = mapped_column(String(200))  # the same secret, hashed for Mosquitto
     last_seen_at: Mapped[int | None] = mapped_column(BigInteger)  # epoch ms of the newest reading
     created_by: Mapped[str] = mapped_column(String(64), default="system")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

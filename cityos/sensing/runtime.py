@@ -72,6 +72,11 @@ def build(platform: Any) -> Runtime:
     rt.writer.add_listener(rt.parts["rules"].feed)
     rt.parts["webhooks"] = alerts.Sender(platform.engine)
     rt.parts["retention"] = Every("sensing-retention", 3600, _retention(platform))
+    if settings.mqtt_url:
+        from cityos.sensing import mqtt
+
+        rt.parts["mqtt"] = mqtt.Bridge(rt.writer, settings.mqtt_url, username=settings.mqtt_username,
+                                       password=settings.mqtt_password)
     for part in rt.parts.values():
         part.start()
     return rt

@@ -21,6 +21,7 @@ from cityos.core import access, audit
 from cityos.core.access import ALL, DEPARTMENT_STAFF, OWN, SUBTREE, Actor, Target
 from cityos.core.errors import Forbidden, NotFound
 from cityos.core.models import Department
+from cityos.sensing import broker
 from cityos.sensing.models import Datastream, Thing
 
 access.define("sensing.read", "Read devices, datastreams and readings (感知数据查看)",
@@ -87,9 +88,11 @@ def device_issue(session: Session, actor: Actor, thing: Thing) -> tuple[str, str
         thing.device_key = f"{DEVICE_PREFIX}_{secrets.token_hex(6)}"
     secret = secrets.token_urlsafe(24)
     thing.secret_hash = _secret_hash(secret)
+    # Mosquitto checks the same secret with its own salted PBKDF2 hash (its password file).
+    thing.broker_hash = broker.mosquitto_hash(secret)
     audit.append(session, actor=actor.name, department=actor.department_code,
                  action="sensing.device.credential", object_type="sensing.thing", object_id=thing.id,
-                 detail={"device_key": thing.device_key})
+                 detail={"device": thing.device_key})
     session.flush()
     _device_cache.pop(thing.device_key, None)
     return thing.device_key, secret

@@ -88,16 +88,21 @@ def _sqlite_new(conn: Connection, rows: list[Row], marks: Watermarks) -> list[Ro
             for ds in chunk:
                 marks.newest[ds] = found.get(ds, -(2 ** 62))
     newest = marks.newest
-    late = [r for r in rows if r[1] <= newest[r[0]]]
+    late: dict[int, list[int]] = {}
+    for r in rows:
+        if r[1] <= newest[r[0]]:
+            late.setdefault(r[0], []).append(r[1])
     if not late:
         return rows
-    existing = set()
-    cur = raw.cursor()
-    for r in late:
-        if cur.execute("SELECT 1 FROM sensor_observations WHERE datastream_id = ? AND phenomenon_time = ?",
-                       (r[0], r[1])).fetchone():
-            existing.add((r[0], r[1]))
-    cur.close()
+    # Late or repeated readings: one range query per stream, then set lookups.
+    existing: set[tuple[int, int]] = set()
+    sql = ("SELECT phenomenon_time FROM sensor_observations "
+           "WHERE datastream_id = ? AND phenomenon_time BETWEEN ? AND ?")
+    for ds, times in late.items():
+        wanted = set(times)
+        for (t,) in raw.execute(sql, (ds, min(times), max(times))):
+            if t in wanted:
+                existing.add((ds, t))
     return [r for r in rows if (r[0], r[1]) not in existing] if existing else rows
 
 
@@ -127,17 +132,26 @@ def _write_sqlite(conn: Connection, rows: list[Row], marks: Watermarks) -> tuple
     return new, ids
 
 
+_PG_TYPES = ("int", "bigint", "bigint", "bigint", "float8", "text", "text", "bigint", "bigint", "text", "int")
+_PG_INSERT = (
+    f"INSERT INTO sensor_observations ({', '.join(COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"%s::{t}[]" for t in _PG_TYPES)
+    + ") ON CONFLICT DO NOTHING RETURNING datastream_id, phenomenon_time, id"
+)
+
+
+def _columns_of(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
 def _write_postgresql(conn: Connection, rows: list[Row]) -> tuple[list[Row], list[int]]:
-    from sqlalchemy.dialects.postgresql import insert
-
-    from cityos.sensing.models import Observation
-
-    stmt = (insert(Observation.__table__).on_conflict_do_nothing(constraint="uq_sensor_obs_stream_time")
-            .returning(Observation.datastream_id, Observation.phenomenon_time, Observation.id))
-    params = [dict(zip(COLUMNS, r, strict=True)) for r in rows]
+    """One INSERT ... SELECT FROM unnest(one array per column) per 20,000 rows: PostgreSQL parses
+    one short statement instead of a huge multi-VALUES one, and RETURNING says which were new."""
     created: dict[tuple[int, int], int] = {}
-    for i in range(0, len(params), 5000):
-        created.update(((a, b), c) for a, b, c in conn.execute(stmt, params[i:i + 5000]))
+    for i in range(0, len(rows), 20_000):
+        chunk = rows[i:i + 20_000]
+        result = conn.exec_driver_sql(_PG_INSERT, tuple(_columns_of(chunk, len(COLUMNS))))
+        created.update(((a, b), c) for a, b, c in result)
     new = [r for r in rows if (r[0], r[1]) in created]
     return new, [created[(r[0], r[1])] for r in new]
 
@@ -201,7 +215,10 @@ def _upsert_rollups(conn: Connection, rows: Sequence[Row]) -> None:
         assert raw is not None
         raw.executemany(sql, [dict(zip(keys, a, strict=True)) for a in agg])
     else:
-        conn.execute(text(sql), [dict(zip(keys, a, strict=True)) for a in agg])
+        types = ("int", "int", "bigint", "bigint", "float8", "float8", "float8", "bigint", "float8")
+        head, _, tail = sql.partition("VALUES (:d, :g, :b, :c, :mn, :mx, :s, :lt, :lv) ")
+        pg = head + "SELECT * FROM unnest(" + ", ".join(f"%s::{t}[]" for t in types) + ") " + tail
+        conn.exec_driver_sql(pg, tuple(_columns_of(agg, len(types))))
 
 
 def stream_summaries(rows: Sequence[Row]) -> list[dict[str, Any]]:
@@ -246,8 +263,20 @@ def _update_streams(conn: Connection, rows: Sequence[Row]) -> None:
         raw = conn.connection.driver_connection
         assert raw is not None
         raw.executemany(sql, params)
-    else:
-        conn.execute(text(sql), params)
+        return
+    keys = ("id", "ps", "pe", "rs", "re", "lt", "lv")
+    types = ("int", "bigint", "bigint", "bigint", "bigint", "bigint", "float8")
+    cols = [[p[k] for p in params] for k in keys]
+    pg = (f"UPDATE {d} SET phenomenon_start = LEAST(COALESCE(phenomenon_start, u.ps), u.ps), "
+          "phenomenon_end = GREATEST(COALESCE(phenomenon_end, u.pe), u.pe), "
+          "result_start = CASE WHEN u.rs IS NULL THEN result_start "
+          "ELSE LEAST(COALESCE(result_start, u.rs), u.rs) END, "
+          "result_end = CASE WHEN u.re IS NULL THEN result_end "
+          "ELSE GREATEST(COALESCE(result_end, u.re), u.re) END, "
+          "last_value = CASE WHEN last_time IS NULL OR u.lt >= last_time THEN u.lv ELSE last_value END, "
+          f"last_time = GREATEST(COALESCE(last_time, u.lt), u.lt) FROM unnest("
+          + ", ".join(f"%s::{t}[]" for t in types) + f") AS u({', '.join(keys)}) WHERE {d}.id = u.id")
+    conn.exec_driver_sql(pg, tuple(cols))
 
 
 def _update_things(conn: Connection, seen: dict[int, int]) -> None:

@@ -40,7 +40,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     routers += [opendata_api.router, ckan_api.router, dcat_api.router, opendata_pages.router]
     routers += [opendata_console.router]
     routers += [maps_api.router, ogc_features.router, api_pipes.router, maps_pages.router]
-    routers += [sensing_ingest.router, sensing_api.router, sensing_rules.router, sensorthings.router, sensing_pages.router]
+    routers += [sensing_ingest.router, sensing_api.router, sensing_rules.router, sensorthings.router,
+                sensing_pages.router]
     app = build_app(settings, routers, template_dirs=[hub_pages.TEMPLATES, opendata_pages.TEMPLATES,
                                                     ogc_html.TEMPLATES, maps_pages.TEMPLATES,
                                                     sensing_pages.TEMPLATES],

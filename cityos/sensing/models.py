@@ -90,7 +90,8 @@ class Thing(Base):
 
     department: Mapped[Department] = relationship()
     locations: Mapped[list[Location]] = relationship(secondary=thing_locations, back_populates="things")
-    datastreams: Mapped[list[Datastream]] = relationship(back_populates="thing", passive_deletes=True)
+    datastreams: Mapped[list[Datastream]] = relationship(back_populates="thing", passive_deletes=True,
+                                                         order_by="Datastream.id")
 
 
 class Location(Base):

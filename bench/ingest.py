@@ -69,6 +69,7 @@ from cityos.sensing import ingest, store  # noqa: E402
 from cityos.sensing.models import Datastream, Location, ObservedProperty, Rule, Sensor, Thing  # noqa: E402
 
 STREAMS, DEVICES = 1000, 100
+CONNECTIONS = 4
 PER_REQUEST = 5000
 THRESHOLD = 10_000.0  # normal readings stay far below; probes go above
 DAY_MS = 86_400_000
@@ -317,7 +318,8 @@ def http_run(url: str, work: Path, seeded: dict[str, Any], seconds: float, form:
         warm.getresponse().read()
         before = count_rows(url)
         out: Any = mp.Queue()
-        p = mp.Process(target=loader, args=(port, seeded["key"], seeded["ids"], t0, seconds, form, out, pace))
+        p = mp.Process(target=loader, args=(port, seeded["key"], seeded["ids"], t0, seconds, form, out, pace,
+                                            CONNECTIONS))
         cpu0 = _cpu(proc.pid)
         rss = [rss_mb(proc.pid)]
         start = time.monotonic()
@@ -601,7 +603,9 @@ def main() -> None:
     ap.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--skip-pg", action="store_true")
     ap.add_argument("--full", action="store_true", help="also write the 43.2 M minute rollups")
+    ap.add_argument("--connections", type=int, default=CONNECTIONS, help="loader connections for HTTP")
     args = ap.parse_args()
+    globals()["CONNECTIONS"] = args.connections
     print(f"CityOS ingest benchmark — {platform.node()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}")
     results: dict[str, Any] = {}

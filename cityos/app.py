@@ -59,6 +59,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     from cityos.sensing import runtime as sensing_runtime
 
     platform = app.state.platform
+    # Readings a crash left without their rollups are rolled up before anything is served.
+    await run_in_threadpool(sensing_runtime.catch_up, platform)
     if platform.settings.mqtt_url:
         sensing_runtime.runtime_of(platform)
     async with od_applications.usage_flusher(platform.sessions):

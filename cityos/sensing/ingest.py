@@ -33,7 +33,7 @@ from cityos.core.errors import CityOSError, Invalid, NotFound
 from cityos.core.models import Department
 from cityos.sensing import store
 from cityos.sensing.models import Datastream, FeatureOfInterest, Location, Thing, thing_locations
-from cityos.sensing.store import Row, Watermarks, Written
+from cityos.sensing.store import Row, Written
 
 log = logging.getLogger("cityos.sensing.ingest")
 
@@ -319,6 +319,7 @@ class Stats:
     batches: int = 0
     failed_batches: int = 0
     refused_busy: int = 0
+    caught_up: int = 0  # readings rolled up at start after a crash
     device_errors: dict[str, int] = field(default_factory=dict)  # per device key (or "user")
 
 
@@ -326,7 +327,7 @@ class Writer:
     """The process's one writer of readings: a bounded queue and a thread doing group commits."""
 
     def __init__(self, engine: Engine, *, max_pending: int = 200_000, max_batch: int = 20_000,
-                 sqlite_cache_mb: int = 32) -> None:
+                 sqlite_cache_mb: int = 32, flush_seconds: float = 1.0) -> None:
         self.engine = engine
         # Readings of many streams land all over the (stream, time) index: a larger page cache than
         # SQLite's 2 MB default keeps those pages in memory (a set size, so memory stays flat).
@@ -338,7 +339,10 @@ class Writer:
         self.max_pending = max_pending
         self.max_batch = max_batch
         self.streams = Streams(engine)
-        self.marks = Watermarks()
+        self.owed = store.Pending()  # rollups and summaries of committed readings, not yet written
+        self.flush_seconds = flush_seconds
+        self._flushed_at = time.monotonic()
+        self._caught_up = False
         self.stats = Stats()
         self._listeners: list[Listener] = []
         self._queue: deque[_Job] = deque()
@@ -431,6 +435,11 @@ class Writer:
         while True:
             jobs = self._take()
             if not jobs:
+                if self.owed:
+                    try:
+                        self.settle()
+                    except Exception:  # retried on the next batch or idle turn; catch_up covers a crash
+                        log.exception("writing rollups failed")
                 if self._stopping:
                     return
                 continue
@@ -439,14 +448,22 @@ class Writer:
     def _flush(self, jobs: list[_Job]) -> None:
         rows = [r for job in jobs for r in job.rows]
         thing_of = {info.id: info.thing_id for info in self.streams.many({r[0] for r in rows}).values()}
+        batch = store.Pending()
+        settle = False
         try:
             with self.engine.begin() as conn:
                 for pragma in self._pragmas:
                     conn.exec_driver_sql(pragma)
-                written = store.write(conn, rows, self.marks, thing_of, now_ms())
+                if not self._caught_up:
+                    self.stats.caught_up += store.catch_up(conn)
+                written = store.write(conn, rows, thing_of, now_ms(), owed=batch)
+                # Rollups and summaries go with this batch when nothing else waits (at low load a
+                # query never sees a reading without its rollup), else at most a second later.
+                settle = not self._queue or time.monotonic() - self._flushed_at >= self.flush_seconds
+                if settle:
+                    store.flush(conn, self.owed.merged(batch))
         except Exception as exc:  # nothing of the batch is stored: fail each submitter, keep running
             log.exception("ingest batch of %d readings failed", len(rows))
-            self.marks.forget()  # the watermarks may have moved inside the rolled-back transaction
             self.stats.failed_batches += 1
             self._release(len(rows))
             if len(jobs) > 1:  # one bad job must not sink its neighbours: retry each on its own
@@ -456,12 +473,27 @@ class Writer:
             for job in jobs:
                 job.future.set_exception(exc)
             return
+        self._caught_up = True
+        if settle:
+            self.owed = store.Pending()
+            self._flushed_at = time.monotonic()
+        else:
+            self.owed.absorb(batch)
         self.stats.batches += 1
         self.stats.stored += len(written.new)
         self.stats.duplicates += written.duplicates
         self._release(len(rows))
         self._notify(written)  # listeners only enqueue; then the submitters learn it is stored
         self._resolve(jobs, written)
+
+    def settle(self) -> None:
+        """Write what committed readings still owe the rollups (at shutdown, and when idle)."""
+        if not self.owed:
+            return
+        with self.engine.begin() as conn:
+            store.flush(conn, self.owed)
+        self.owed = store.Pending()
+        self._flushed_at = time.monotonic()
 
     def _flush_one(self, job: _Job) -> None:
         with self._cond:

@@ -253,6 +253,16 @@ class Rollup(Base):
     last_value: Mapped[float] = mapped_column(Float)
 
 
+class RollupState(Base):
+    """How far the rollups reach (汇总进度): the newest Observation id they include. Ingest writes
+    rollups a second behind under load; after a crash it rolls up the readings past this id."""
+
+    __tablename__ = "sensor_rollup_state"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+
+
 class Group(Base):
     """A named set of Things (设备分组) that rules can be attached to: "all smoke alarms of 船营区"."""
 

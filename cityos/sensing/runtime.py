@@ -82,6 +82,17 @@ def build(platform: Any) -> Runtime:
     return rt
 
 
+def catch_up(platform: Any) -> int:
+    """Roll up readings that were stored but not rolled up when the process last stopped."""
+    from cityos.sensing import store
+
+    with platform.engine.begin() as conn:
+        done = store.catch_up(conn)
+    if done:
+        log.warning("rolled up %d readings left over from the last run", done)
+    return done
+
+
 def runtime_of(platform: Any) -> Runtime:
     """The sensing runtime of a `core.web.Platform`, made on first use."""
     rt = getattr(platform, "sensing", None)

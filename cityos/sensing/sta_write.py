@@ -100,7 +100,6 @@ class Ctx:
             self.writer.streams.forget()
         for ds in self.forget:
             self.writer.streams.forget(ds)
-            self.writer.marks.forget(ds)
 
 
 # -- input checks ---------------------------------------------------------------------------------

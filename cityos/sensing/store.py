@@ -5,9 +5,9 @@ plain tuples (`Row`), written with the DBAPI's executemany on SQLite and SQLAlch
 insertmanyvalues (with RETURNING) on PostgreSQL, never as ORM objects.
 
 De-duplication on (datastream, phenomenon time) must be exact, because rollups count what was
-stored. On PostgreSQL `ON CONFLICT DO NOTHING RETURNING` says which rows were new. On SQLite
-(one writer per database) a per-stream watermark does it cheaply: a reading newer than the
-newest stored one cannot be a duplicate; only late or repeated readings are looked up.
+stored. On PostgreSQL `ON CONFLICT DO NOTHING RETURNING` says which rows were new. On SQLite the
+rowids say it: the writing transaction holds the database's write lock, so the rows past the
+largest id before the insert are exactly the new ones.
 """
 
 from __future__ import annotations
@@ -43,19 +43,6 @@ class Written:
     ids: list[int] = field(default_factory=list)
 
 
-@dataclass
-class Watermarks:
-    """Newest stored phenomenon time per stream (SQLite de-duplication); shared by one writer."""
-
-    newest: dict[int, int] = field(default_factory=dict)
-
-    def forget(self, datastream_id: int | None = None) -> None:
-        if datastream_id is None:
-            self.newest.clear()
-        else:
-            self.newest.pop(datastream_id, None)
-
-
 def _dialect(conn: Connection) -> str:
     return conn.dialect.name
 
@@ -73,63 +60,25 @@ def _unique_in_batch(rows: Iterable[Row]) -> tuple[list[Row], int]:
     return out, 0
 
 
-def _sqlite_new(conn: Connection, rows: list[Row], marks: Watermarks) -> list[Row]:
+def _write_sqlite(conn: Connection, rows: list[Row]) -> tuple[list[Row], list[int]]:
+    """Insert with ON CONFLICT DO NOTHING and learn what was new from the rowids: the transaction
+    holds SQLite's write lock, so every row past the previous largest id is one of ours, and when
+    nothing was skipped they are exactly ours, in order."""
     raw = conn.connection.driver_connection
     assert raw is not None
-    unknown = {r[0] for r in rows} - marks.newest.keys()
-    if unknown:
-        ids = sorted(unknown)
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            found = dict(raw.execute(
-                "SELECT datastream_id, max(phenomenon_time) FROM sensor_observations "
-                f"WHERE datastream_id IN ({','.join('?' * len(chunk))}) GROUP BY datastream_id",
-                chunk).fetchall())
-            for ds in chunk:
-                marks.newest[ds] = found.get(ds, -(2 ** 62))
-    newest = marks.newest
-    late: dict[int, list[int]] = {}
-    for r in rows:
-        if r[1] <= newest[r[0]]:
-            late.setdefault(r[0], []).append(r[1])
-    if not late:
-        return rows
-    # Late or repeated readings: one range query per stream, then set lookups.
-    existing: set[tuple[int, int]] = set()
-    sql = ("SELECT phenomenon_time FROM sensor_observations "
-           "WHERE datastream_id = ? AND phenomenon_time BETWEEN ? AND ?")
-    for ds, times in late.items():
-        wanted = set(times)
-        for (t,) in raw.execute(sql, (ds, min(times), max(times))):
-            if t in wanted:
-                existing.add((ds, t))
-    return [r for r in rows if (r[0], r[1]) not in existing] if existing else rows
-
-
-def _write_sqlite(conn: Connection, rows: list[Row], marks: Watermarks) -> tuple[list[Row], list[int]]:
-    new = _sqlite_new(conn, rows, marks)
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    if not new:
-        return new, []
+    if not rows:
+        return rows, []
+    before = raw.execute("SELECT max(id) FROM sensor_observations").fetchone()[0] or 0
     cur = raw.cursor()
-    cur.executemany(_INSERT, new)
+    cur.executemany(_INSERT, rows)
     inserted = cur.rowcount
     cur.close()
-    if inserted != len(new):
-        # Another writer on the same file slipped a reading in after the watermark check (not the
-        # embedded tier's set-up). The rows are all stored now; ask the table for their ids.
-        sql = "SELECT id FROM sensor_observations WHERE datastream_id = ? AND phenomenon_time = ?"
-        ids = [raw.execute(sql, (r[0], r[1])).fetchone()[0] for r in new]
-    else:
-        # The rowids of one executemany by the only writer are consecutive, ending at the last one.
-        last = raw.execute("SELECT last_insert_rowid()").fetchone()[0]
-        ids = list(range(last - len(new) + 1, last + 1))
-    newest = marks.newest
-    for r in new:
-        if r[1] > newest[r[0]]:
-            newest[r[0]] = r[1]
-    return new, ids
+    if inserted == len(rows):
+        return rows, list(range(before + 1, before + 1 + len(rows)))
+    found = {(ds, t): i for i, ds, t in raw.execute(
+        "SELECT id, datastream_id, phenomenon_time FROM sensor_observations WHERE id > ?", (before,))}
+    new = [r for r in rows if (r[0], r[1]) in found]
+    return new, [found[(r[0], r[1])] for r in new]
 
 
 _PG_TYPES = ("int", "bigint", "bigint", "bigint", "float8", "text", "text", "bigint", "bigint", "text", "int")
@@ -194,8 +143,7 @@ def _least(dialect: str) -> tuple[str, str]:
     return ("min", "max") if dialect == "sqlite" else ("LEAST", "GREATEST")
 
 
-def _upsert_rollups(conn: Connection, rows: Sequence[Row]) -> None:
-    agg = rollup_rows(rows)
+def _upsert_rollups(conn: Connection, agg: Sequence[Sequence[Any]]) -> None:
     if not agg:
         return
     lo, hi = _least(_dialect(conn))
@@ -244,7 +192,9 @@ def stream_summaries(rows: Sequence[Row]) -> list[dict[str, Any]]:
             for k, v in by.items()]
 
 
-def _update_streams(conn: Connection, rows: Sequence[Row]) -> None:
+def _update_streams(conn: Connection, params: list[dict[str, Any]]) -> None:
+    if not params:
+        return
     lo, hi = _least(_dialect(conn))
     d = "sensor_datastreams"
     ps, pe, rs, re_, lt = (f"CAST(:{k} AS BIGINT)" for k in ("ps", "pe", "rs", "re", "lt"))
@@ -258,7 +208,6 @@ def _update_streams(conn: Connection, rows: Sequence[Row]) -> None:
         f"last_value = CASE WHEN last_time IS NULL OR {lt} >= last_time THEN CAST(:lv AS FLOAT) "
         f"ELSE last_value END, last_time = {hi}(COALESCE(last_time, {lt}), {lt}) WHERE id = :id"
     )
-    params = stream_summaries(rows)
     if _dialect(conn) == "sqlite":
         raw = conn.connection.driver_connection
         assert raw is not None
@@ -289,18 +238,150 @@ def _update_things(conn: Connection, seen: dict[int, int]) -> None:
                       "WHERE id = :id"), [{"id": k, "t": v} for k, v in seen.items()])
 
 
-def write(conn: Connection, rows: Sequence[Row], marks: Watermarks,
-          thing_of: dict[int, int] | None = None, now_ms: int | None = None) -> Written:
-    """Store a batch inside the caller's transaction: new readings, their rollups, the streams'
-    spans and newest values, and each Thing's last contact (`thing_of`: stream → thing)."""
+@dataclass
+class Pending:
+    """What stored readings still owe the rollups, the streams' summaries and the devices' last
+    contact, merged across batches (汇总待写).
+
+    Under load the writer lets a second's worth of batches share one write of these: a stream
+    with a reading per batch then costs one rollup upsert per bucket per second, not per batch.
+    `last_id` is the newest Observation id covered; it is stored with the flush, so after a crash
+    `catch_up` rebuilds what was owed from the readings themselves."""
+
+    rollups: dict[tuple[int, int, int], list[Any]] = field(default_factory=dict)
+    streams: dict[int, list[Any]] = field(default_factory=dict)
+    things: dict[int, int] = field(default_factory=dict)
+    last_id: int = 0
+    readings: int = 0
+
+    def add(self, new: Sequence[Row], ids: Sequence[int], thing_of: dict[int, int] | None = None,
+            now_ms: int | None = None) -> None:
+        roll = self.rollups
+        for a in rollup_rows(new):
+            key = (a[0], a[1], a[2])
+            cur = roll.get(key)
+            if cur is None:
+                roll[key] = list(a[3:])
+                continue
+            cur[0] += a[3]
+            if a[4] < cur[1]:
+                cur[1] = a[4]
+            if a[5] > cur[2]:
+                cur[2] = a[5]
+            cur[3] += a[6]
+            if a[7] >= cur[4]:
+                cur[4], cur[5] = a[7], a[8]
+        for sm in stream_summaries(new):
+            self._add_stream(sm["id"], [sm["ps"], sm["pe"], sm["rs"], sm["re"], sm["lt"], sm["lv"]])
+        if thing_of is not None and now_ms is not None:
+            for ds in {r[0] for r in new}:
+                if ds in thing_of:
+                    self.things[thing_of[ds]] = now_ms
+        if ids:
+            self.last_id = max(self.last_id, max(ids))
+        self.readings += len(new)
+
+    def _add_stream(self, ds: int, v: list[Any]) -> None:
+        cur = self.streams.get(ds)
+        if cur is None:
+            self.streams[ds] = v
+            return
+        cur[0] = min(cur[0], v[0])
+        cur[1] = max(cur[1], v[1])
+        if v[2] is not None:
+            cur[2] = v[2] if cur[2] is None else min(cur[2], v[2])
+            cur[3] = v[3] if cur[3] is None else max(cur[3], v[3])
+        if v[4] >= cur[4]:
+            cur[4], cur[5] = v[4], v[5]
+
+    def merged(self, other: Pending) -> Pending:
+        """A new Pending holding both (neither is changed)."""
+        out = Pending({k: list(v) for k, v in self.rollups.items()},
+                      {k: list(v) for k, v in self.streams.items()}, dict(self.things),
+                      self.last_id, self.readings)
+        out.absorb(other)
+        return out
+
+    def absorb(self, other: Pending) -> None:
+        """Add `other` into this one."""
+        out = self
+        for key, v in other.rollups.items():
+            cur = out.rollups.get(key)
+            if cur is None:
+                out.rollups[key] = list(v)
+            else:
+                cur[0] += v[0]
+                cur[1] = min(cur[1], v[1])
+                cur[2] = max(cur[2], v[2])
+                cur[3] += v[3]
+                if v[4] >= cur[4]:
+                    cur[4], cur[5] = v[4], v[5]
+        for ds, v in other.streams.items():
+            out._add_stream(ds, list(v))
+        out.things.update(other.things)
+        out.last_id = max(out.last_id, other.last_id)
+        out.readings += other.readings
+
+    def __bool__(self) -> bool:
+        return bool(self.readings)
+
+
+STATE = "rollups"
+
+
+def flush(conn: Connection, pending: Pending) -> None:
+    """Write what `pending` owes, and how far it reaches, in the caller's transaction."""
+    if pending.readings:
+        _upsert_rollups(conn, [(*k, *v) for k, v in pending.rollups.items()])
+        _update_streams(conn, [{"id": k, "ps": v[0], "pe": v[1], "rs": v[2], "re": v[3], "lt": v[4],
+                                "lv": v[5]} for k, v in pending.streams.items()])
+        _update_things(conn, pending.things)
+    if pending.last_id:
+        conn.execute(text("INSERT INTO sensor_rollup_state (name, last_id) VALUES (:n, :i) "
+                          "ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id "
+                          "WHERE excluded.last_id > sensor_rollup_state.last_id"),
+                     {"n": STATE, "i": pending.last_id})
+
+
+def catch_up(conn: Connection, chunk: int = 50_000) -> int:
+    """Roll up readings stored after the last flush (a crash between the two); returns how many.
+
+    A database that has readings but no state yet was rolled up reading by reading (before the
+    state existed): it owes nothing."""
+    last = conn.execute(text("SELECT last_id FROM sensor_rollup_state WHERE name = :n"),
+                        {"n": STATE}).scalar()
+    if last is None:
+        top = conn.execute(text("SELECT max(id) FROM sensor_observations")).scalar()
+        conn.execute(text("INSERT INTO sensor_rollup_state (name, last_id) VALUES (:n, :i)"),
+                     {"n": STATE, "i": int(top or 0)})
+        return 0
+    done = 0
+    cols = ", ".join(COLUMNS)
+    while True:
+        rows = conn.execute(text(f"SELECT id, {cols} FROM sensor_observations WHERE id > :i ORDER BY id "
+                                 f"LIMIT {int(chunk)}"), {"i": last}).all()
+        if not rows:
+            return done
+        pending = Pending()
+        pending.add([tuple(r[1:]) for r in rows], [r[0] for r in rows])  # type: ignore[misc]
+        flush(conn, pending)
+        last = rows[-1][0]
+        done += len(rows)
+
+
+def write(conn: Connection, rows: Sequence[Row], thing_of: dict[int, int] | None = None,
+          now_ms: int | None = None, owed: Pending | None = None) -> Written:
+    """Store a batch inside the caller's transaction: new readings, and what they owe the rollups,
+    the streams' spans and newest values, and each Thing's last contact (`thing_of`: stream →
+    thing). With `owed` the latter are added to it for a later `flush`; without, written now."""
     unique, _ = _unique_in_batch(rows)
     if _dialect(conn) == "sqlite":
-        new, ids = _write_sqlite(conn, unique, marks)
+        new, ids = _write_sqlite(conn, unique)
     else:
         new, ids = _write_postgresql(conn, unique)
+    pending = owed if owed is not None else Pending()
     if new:
-        _upsert_rollups(conn, new)
-        _update_streams(conn, new)
-        if thing_of is not None and now_ms is not None:
-            _update_things(conn, {thing_of[ds]: now_ms for ds in {r[0] for r in new} if ds in thing_of})
+        pending.add(new, ids, thing_of, now_ms)
+    if owed is None:
+        flush(conn, pending)
     return Written(new, len(rows) - len(new), ids)

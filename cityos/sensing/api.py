@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from cityos.core.errors import Invalid
-from cityos.core.web import ActorDep, SessionDep
-from cityos.sensing import timeseries
+from cityos.core.web import ActorDep, SessionDep, platform_of
+from cityos.sensing import service, timeseries
 from cityos.sensing.ingest import MAX_FUTURE_MS, now_ms, parse_time
+from cityos.sensing.runtime import runtime_of
 
 router = APIRouter(prefix="/api/sensing", tags=["sensing"])
 DAY_MS = 86_400_000
@@ -79,6 +81,23 @@ def series(datastream_id: int, session: SessionDep, actor: ActorDep, start: Time
     s, e = range_params(start, end)
     return timeseries.series(session, actor, datastream_id, start_ms=s, end_ms=e, grain=grain, every=every,
                              fn=fn, limit=limit, max_points=max_points)
+
+
+class StreamSettings(BaseModel):
+    """A stream's retention and expected interval; omitted fields are left as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+    retention_days: int | None = Field(None, description="days of raw readings kept (null: all)")
+    interval_seconds: int | None = Field(None, description="expected reporting interval")
+
+
+@router.patch("/datastreams/{datastream_id}", summary="Retention and interval of a stream (数据流设置)")
+def datastream_settings(datastream_id: int, body: StreamSettings, request: Request, session: SessionDep,
+                        actor: ActorDep) -> dict[str, Any]:
+    ds = service.datastream_settings(session, actor, datastream_id, body.model_dump(exclude_unset=True))
+    session.commit()
+    runtime_of(platform_of(request)).writer.streams.forget(ds.id)
+    return {"id": ds.id, "retention_days": ds.retention_days, "interval_seconds": ds.interval_seconds}
 
 
 @router.get("/latest", summary="Newest reading of many streams (最新读数)")

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from cityos.core import access, audit
 from cityos.core.access import ALL, DEPARTMENT_STAFF, OWN, SUBTREE, Actor, Target
-from cityos.core.errors import Forbidden, NotFound
+from cityos.core.errors import Forbidden, Invalid, NotFound
 from cityos.core.models import Department
 from cityos.sensing import broker
 from cityos.sensing.models import Datastream, Thing
@@ -157,3 +157,34 @@ def thing_get(session: Session, actor: Actor, thing_id: int) -> Thing:
         raise NotFound("Thing / 设备", thing_id)
     access.require(actor, "sensing.read", thing_target(thing, thing.department.path), session)
     return thing
+
+
+def datastream_settings(session: Session, actor: Actor, datastream_id: int,
+                        changes: dict[str, Any]) -> Datastream:
+    """Set a stream's retention (保留期, days of raw readings kept; None keeps all) and its expected
+    reporting interval (上报周期, seconds; what "offline" and no-data rules count in)."""
+    ds = session.get(Datastream, datastream_id)
+    if ds is None:
+        raise NotFound("Datastream / 数据流", datastream_id)
+    dept = session.get(Department, ds.department_id)
+    target = thing_target(ds, dept.path if dept else None)
+    if not access.decide(actor, "sensing.read", target, session).allowed:
+        raise NotFound("Datastream / 数据流", datastream_id)  # another department's: as if absent
+    access.require(actor, "sensing.write", target, session)
+    unknown = set(changes) - {"retention_days", "interval_seconds"}
+    if unknown:
+        raise Invalid(sorted(unknown)[0], "unknown field / 未知字段")
+    for name, low, high in (("retention_days", 1, 36_500), ("interval_seconds", 1, 86_400 * 7)):
+        if name not in changes:
+            continue
+        value = changes[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not low <= value <= high):
+            raise Invalid(name, f"an integer from {low} to {high}, or null / "
+                                f"应为 {low} 至 {high} 的整数或 null")
+        setattr(ds, name, value)
+    audit.append(session, actor=actor.name, department=actor.department_code,
+                 action="sensing.datastream.settings", object_type="sensing.datastream", object_id=ds.id,
+                 detail=dict(changes))
+    session.flush()
+    return ds

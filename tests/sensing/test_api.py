@@ -174,3 +174,22 @@ def test_exports_download(city: City, streams: dict[str, Any]) -> None:
     r = c.get(f"{url}/export.parquet", headers=h)  # everything stored, raw
     table = pq.read_table(io.BytesIO(r.content))
     assert table.num_rows == 180 and table.column("value").to_pylist()[:3] == [0.0, 1.0, 2.0]
+
+
+def test_retention_and_interval_of_a_stream_are_set_by_its_department(city, client, sessions):
+    from tests.sensing.conftest import make_thing as thing_with_streams
+
+    with sessions() as s:
+        _, (ds,) = thing_with_streams(s)
+    url = f"/api/sensing/datastreams/{ds.id}"
+    r = client.patch(url, json={"retention_days": 30, "interval_seconds": 60}, headers=city.headers("env_staff"))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"id": ds.id, "retention_days": 30, "interval_seconds": 60}
+    r = client.patch(url, json={"retention_days": 0}, headers=city.headers("env_staff"))
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "retention_days"
+    r = client.patch(url, json={"retention": 3}, headers=city.headers("env_staff"))
+    assert r.status_code == 422
+    r = client.patch(url, json={"retention_days": None}, headers=city.headers("env_staff"))
+    assert r.status_code == 200 and r.json()["retention_days"] is None
+    assert client.patch(url, json={"retention_days": 5}, headers=city.headers("police_staff")).status_code == 404
+    assert client.patch(url, json={"retention_days": 5}, headers=city.headers("auditor")).status_code == 403

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 
 import pytest
 from sqlalchemy import text
@@ -40,11 +39,16 @@ def test_many_small_submissions_are_group_committed(engine, thing_factory, write
 def test_full_queue_refuses_instead_of_buffering(engine, thing_factory):
     _, (ds,) = thing_factory()
     w = Writer(engine, max_pending=10)
-    gate = threading.Event()
-    w.add_listener(lambda _w: gate.wait(10))  # hold the writer thread after the first batch
+    gate, held = threading.Event(), threading.Event()
+
+    def hold(_written):  # hold the writer thread after the first batch is committed
+        held.set()
+        gate.wait(10)
+
+    w.add_listener(hold)
     try:
         first = w.submit([row(ds.id, T0 + i, 1.0) for i in range(10)])
-        time.sleep(0.3)  # the first batch is committed, the writer waits in the listener
+        assert held.wait(30)  # the first batch is committed, the writer waits in the listener
         w.submit([row(ds.id, T0 + 100 + i, 1.0) for i in range(10)])
         with pytest.raises(Busy) as err:
             w.submit([row(ds.id, T0 + 200, 1.0)])

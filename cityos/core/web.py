@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -32,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import cityos
 from cityos.core import access, audit, auth, crypto, db, i18n
 from cityos.core.access import ANONYMOUS, Actor
-from cityos.core.errors import CityOSError, FieldError, TooLarge, Unauthorized
+from cityos.core.errors import CityOSError, FieldError, Invalid, TooLarge, Unauthorized
 from cityos.core.settings import Settings
 
 log = logging.getLogger("cityos.web")
@@ -249,6 +250,41 @@ async def _crash(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(request, 500, "Internal error", "the server failed; nothing was changed / 服务器错误",
                    "internal")
+
+
+async def standard_problem(request: Request, exc: CityOSError, members: dict[str, Any],
+                           realm: str = 'Basic realm="CityOS"') -> Response:
+    """A problem document for clients of a standard (OGC API, SensorThings): bad input is 400, as
+    those standards say, a 401 asks for HTTP Basic, and `members` are the standard's own fields."""
+    if isinstance(exc, access.Denied):
+        await run_in_threadpool(_audit_denial, request, exc)
+    status = 400 if exc.status == 422 else exc.status
+    headers = {"WWW-Authenticate": realm} if status == 401 else {}
+    if "retry_after" in exc.extra:
+        headers["Retry-After"] = str(exc.extra["retry_after"])
+    return problem(request, status, exc.title, exc.detail, exc.type_slug, exc.errors, headers,
+                   {**members, **exc.extra})
+
+
+def answering_errors_with(answer: Callable[[Request, CityOSError], Awaitable[Response]]) -> type[APIRoute]:
+    """A route class whose errors — from the handler or its dependencies, such as HTTP Basic —
+    are answered by `answer`, in the shape a standard's clients expect (OGC, SensorThings)."""
+
+    class Route(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def guarded(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except CityOSError as exc:
+                    return await answer(request, exc)
+                except RequestValidationError as exc:
+                    return await answer(request, Invalid("request", str(exc.errors()[0].get("msg"))))
+
+            return guarded
+
+    return Route
 
 
 # -- middleware -------------------------------------------------------------------------------

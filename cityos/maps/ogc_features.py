@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
-from fastapi.routing import APIRoute
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -43,7 +41,7 @@ from cityos.core.access import Actor
 from cityos.core.basic_auth import REALM
 from cityos.core.basic_auth import BasicActor as OgcActor
 from cityos.core.errors import CityOSError, Invalid
-from cityos.core.web import PROBLEM, SessionDep, _audit_denial
+from cityos.core.web import SessionDep, _audit_denial, answering_errors_with, standard_problem
 from cityos.maps import crs as crs_mod
 from cityos.maps import ogc_html, service, store
 from cityos.maps import ogc_params as params
@@ -81,40 +79,18 @@ OGC_CODES = {400: "InvalidParameterValue", 401: "Unauthorized", 403: "Forbidden"
 
 async def ogc_error(request: Request, exc: CityOSError) -> Response:
     """An error as RFC 9457 problem document with OGC's `code` and `description` (or a page)."""
-    if isinstance(exc, access.Denied):
-        await run_in_threadpool(_audit_denial, request, exc)
-    status = 400 if exc.status == 422 else exc.status  # OGC API answers bad parameters with 400
-    headers = {"WWW-Authenticate": REALM} if status == 401 else {}
-    if "retry_after" in exc.extra:
-        headers["Retry-After"] = str(exc.extra["retry_after"])
     if ogc_html.wants_html(request, strict=False):
+        if isinstance(exc, access.Denied):
+            await run_in_threadpool(_audit_denial, request, exc)
+        status = 400 if exc.status == 422 else exc.status  # OGC API answers bad parameters with 400
+        headers = {"WWW-Authenticate": REALM} if status == 401 else {}
         return ogc_html.error_page(request, status, exc.title, exc.detail, headers)
-    body: dict[str, Any] = {"type": f"/problems/{exc.type_slug}", "title": exc.title, "status": status,
-                            "detail": exc.detail, "instance": request.url.path,
-                            "code": OGC_CODES.get(status, "NoApplicableCode"), "description": exc.detail}
-    if exc.errors:
-        body["errors"] = [e.as_dict() for e in exc.errors]
-    for key, value in exc.extra.items():  # e.g. a filter's line, column and token
-        body.setdefault(key, value)
-    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
+    status = 400 if exc.status == 422 else exc.status
+    return await standard_problem(request, exc, {"code": OGC_CODES.get(status, "NoApplicableCode"),
+                                                 "description": exc.detail}, REALM)
 
 
-class OgcRoute(APIRoute):
-    """Routes whose errors (from the handler or its dependencies, such as HTTP Basic) are answered
-    in the OGC shape, in one place."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def guarded(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except CityOSError as exc:
-                return await ogc_error(request, exc)
-            except RequestValidationError as exc:
-                return await ogc_error(request, Invalid("request", str(exc.errors()[0].get("msg"))))
-
-        return guarded
+OgcRoute = answering_errors_with(ogc_error)
 
 
 router = APIRouter(prefix="/ogc", tags=["OGC API - Features"], route_class=OgcRoute)

@@ -19,16 +19,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -37,7 +35,7 @@ from cityos.core import access
 from cityos.core.access import Actor, Target
 from cityos.core.basic_auth import REALM, basic_credentials, basic_or_actor
 from cityos.core.errors import CityOSError, Conflict, Invalid, NotFound, Unauthorized
-from cityos.core.web import PROBLEM, SessionDep, _audit_denial, platform_of
+from cityos.core.web import SessionDep, answering_errors_with, platform_of, standard_problem
 from cityos.sensing import service, sta_query
 from cityos.sensing import sta_write as write
 from cityos.sensing.runtime import runtime_of
@@ -80,36 +78,10 @@ INVERSE: dict[tuple[str, str], tuple[str, bool]] = {
 
 async def sta_error(request: Request, exc: CityOSError) -> Response:
     """A problem document (400 for bad input, as STA clients expect) with FROST's `message`."""
-    if isinstance(exc, access.Denied):
-        await run_in_threadpool(_audit_denial, request, exc)
-    status = 400 if exc.status == 422 else exc.status
-    headers = {"WWW-Authenticate": REALM} if status == 401 else {}
-    if "retry_after" in exc.extra:
-        headers["Retry-After"] = str(exc.extra["retry_after"])
-    body: dict[str, Any] = {"type": f"/problems/{exc.type_slug}", "title": exc.title, "status": status,
-                            "detail": exc.detail, "instance": request.url.path, "message": exc.detail}
-    if exc.errors:
-        body["errors"] = [e.as_dict() for e in exc.errors]
-    for key, value in exc.extra.items():
-        body.setdefault(key, value)
-    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
+    return await standard_problem(request, exc, {"message": exc.detail}, REALM)
 
 
-class StaRoute(APIRoute):
-    """Routes whose errors, from the handler or its dependencies, are answered in one shape."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def guarded(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except CityOSError as exc:
-                return await sta_error(request, exc)
-            except RequestValidationError as exc:
-                return await sta_error(request, Invalid("request", str(exc.errors()[0].get("msg"))))
-
-        return guarded
+StaRoute = answering_errors_with(sta_error)
 
 
 router = APIRouter(prefix=PREFIX, tags=["SensorThings API"], route_class=StaRoute)

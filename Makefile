@@ -34,6 +34,7 @@ bench: install
 	$(PY) bench/hub_read.py
 	$(PY) bench/opendata.py
 	$(PY) bench/spatial.py
+	$(PY) bench/ingest.py
 
 clean:
 	rm -rf node_modules cityos/core/static/vendor cityos/opendata/vendor build dist *.egg-info .pytest_cache .ruff_cache test-results

@@ -25,7 +25,6 @@ import datetime as dt
 import os
 import platform
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import cpu_seconds, free_port  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
@@ -91,12 +91,6 @@ def seed(url: str, data_dir: Path) -> None:
     engine.dispose()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "CITYOS_DATABASE_URL": url, "CITYOS_DATA_DIR": str(data_dir),
@@ -120,12 +114,6 @@ def start_server(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str
         time.sleep(0.1)
     proc.terminate()
     raise SystemExit("server did not start within 60 s")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def drive(base: str, name: str, path: str, headers: dict[str, str], total: int,

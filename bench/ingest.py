@@ -66,6 +66,8 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import cpu_seconds, free_port, stop  # noqa: E402
+
 from cityos.core import auth, db  # noqa: E402
 from cityos.core.models import Department  # noqa: E402
 from cityos.models_registry import import_all_models  # noqa: E402
@@ -207,11 +209,6 @@ def raw_rate(url: str, ids: list[int], t0: int, requests: int) -> float:
 
 # -- the server ----------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def serve(url: str, work: Path, port: int, mqtt: str | None = None) -> subprocess.Popen[bytes]:
     env = dict(os.environ, CITYOS_DATABASE_URL=url, CITYOS_DATA_DIR=str(work / "data"),
@@ -237,15 +234,6 @@ def serve(url: str, work: Path, port: int, mqtt: str | None = None) -> subproces
         time.sleep(0.2)
     proc.terminate()
     raise SystemExit("cityos serve did not start within 120 s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def rss_mb(pid: int) -> float:
@@ -323,7 +311,7 @@ def http_run(url: str, work: Path, seeded: dict[str, Any], seconds: float, form:
         out: Any = mp.Queue()
         p = mp.Process(target=loader, args=(port, seeded["key"], seeded["ids"], t0, seconds, form, out, pace,
                                             CONNECTIONS))
-        cpu0 = _cpu(proc.pid)
+        cpu0 = cpu_seconds(proc.pid)
         rss = [rss_mb(proc.pid)]
         start = time.monotonic()
         p.start()
@@ -335,7 +323,7 @@ def http_run(url: str, work: Path, seeded: dict[str, Any], seconds: float, form:
             rss.append(rss_mb(proc.pid))
         elapsed = time.monotonic() - start
         acked, refused, failed = out.get()
-        cpu = _cpu(proc.pid) - cpu0
+        cpu = cpu_seconds(proc.pid) - cpu0
         time.sleep(1.0)
         stored = count_rows(url) - before
         latencies = _latencies(url, sent_probes) if probes else []
@@ -343,11 +331,6 @@ def http_run(url: str, work: Path, seeded: dict[str, Any], seconds: float, form:
         stop(proc)
     return {"acked": acked, "refused": refused, "failed": failed, "elapsed": elapsed,
             "rate": acked / elapsed, "stored": stored, "cpu": cpu, "rss": rss, "latencies": latencies}
-
-
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _probe(port: int, seeded: dict[str, Any], seconds: float, t0: int) -> list[tuple[int, float]]:

@@ -53,7 +53,6 @@ import platform
 import random
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -71,6 +70,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import cpu_seconds, free_port, stop  # noqa: E402
 from rich.progress import (  # noqa: E402
     BarColumn,
     MofNCompleteColumn,
@@ -490,11 +490,6 @@ def build(url: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 # -- servers --------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def start(cmd: list[str], env: dict[str, str], port: int, probe: str, log: Path) -> subprocess.Popen[bytes]:
     out = log.open("wb")
@@ -511,21 +506,6 @@ def start(cmd: list[str], env: dict[str, str], port: int, probe: str, log: Path)
         time.sleep(0.2)
     proc.terminate()
     raise SystemExit(f"{cmd[0]} did not start within 120 s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()  # uvicorn shuts down gracefully: the app flushes its usage counts
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system, every thread) a process on this machine has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def datasette_cmd() -> list[str] | None:

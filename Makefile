@@ -35,6 +35,9 @@ bench: install
 	$(PY) bench/opendata.py
 	$(PY) bench/spatial.py
 	$(PY) bench/ingest.py
+	$(PY) bench/cases_classify.py
+	$(PY) bench/cases.py
+	$(PY) bench/ops.py
 
 clean:
 	rm -rf node_modules cityos/core/static/vendor cityos/opendata/vendor build dist *.egg-info .pytest_cache .ruff_cache test-results

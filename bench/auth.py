@@ -24,7 +24,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -38,9 +37,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import cpu_seconds, free_port  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from common import cpu_seconds, scratch_postgres, serve_cityos  # noqa: E402
 
 from cityos.core import crypto, db, service  # noqa: E402
 from cityos.core.access import DEPARTMENT_ADMIN, DEPARTMENT_STAFF, SYSTEM  # noqa: E402
@@ -92,28 +89,7 @@ def seed(url: str, data_dir: Path) -> None:
 
 
 def start_server(url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "CITYOS_DATABASE_URL": url, "CITYOS_DATA_DIR": str(data_dir),
-           "CITYOS_SECRET_KEY": SECRET, "CITYOS_ENVIRONMENT": "test",
-           "CITYOS_LOG_LEVEL": "WARNING", "CITYOS_CONFIG": str(data_dir / "none.toml")}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from cityos.cli import main; main()", "serve",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.terminate()
-    raise SystemExit("server did not start within 60 s")
+    return serve_cityos(url, data_dir, SECRET)
 
 
 def drive(base: str, name: str, path: str, headers: dict[str, str], total: int,
@@ -213,20 +189,6 @@ def report(label: str, results: list[Result]) -> None:
               f"-> {verdict} (aim < {AIM:.0f}%)")
 
 
-def scratch_postgres(url: str) -> tuple[str, object]:
-    parsed = make_url(url)
-    name = f"cityos_bench_{secrets.token_hex(4)}"
-    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return parsed.set(database=name).render_as_string(hide_password=False), drop
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -247,7 +209,7 @@ def main() -> None:
             url = args.postgres
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-            scratch, drop = scratch_postgres(url)
+            scratch, drop = scratch_postgres(url, "cityos_bench")
             try:
                 bench("PostgreSQL", scratch, Path(tmp) / "pg", args)
             finally:

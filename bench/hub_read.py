@@ -32,10 +32,8 @@ import datetime as dt
 import os
 import platform
 import random
-import secrets
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -49,9 +47,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import cpu_seconds, free_port  # noqa: E402
-from sqlalchemy import create_engine, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from common import cpu_seconds, free_port, on_database  # noqa: E402
+from sqlalchemy import select, text  # noqa: E402
 
 from cityos.core import crypto, db  # noqa: E402
 
@@ -394,22 +391,6 @@ def breakdown(url: str, data_dir: Path, code: str, n: int = 300) -> None:
         print(f"    {name:34} {total / n * 1000:7.3f}")
 
 
-def scratch_postgres(url: str) -> tuple[str, Any]:
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    parsed = make_url(url)
-    name = f"cityos_bench_hub_{secrets.token_hex(4)}"
-    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return parsed.set(database=name).render_as_string(hide_password=False), drop
-
 
 def main() -> None:
     if len(sys.argv) == 7 and sys.argv[1] == "--serve":
@@ -426,15 +407,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"CityOS shared-read benchmark, {dt.datetime.now(dt.UTC).date()}, "
           f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs")
-    with tempfile.TemporaryDirectory(prefix="cityos-bench-hub-") as tmp:
-        if args.pg:
-            url, drop = scratch_postgres(args.pg)
-            try:
-                bench("PostgreSQL", url, Path(tmp), args)
-            finally:
-                drop()
-        else:
-            bench("SQLite (WAL)", f"sqlite:///{Path(tmp) / 'cityos.db'}", Path(tmp), args)
+    on_database(args.pg, "cityos_bench_hub", lambda label, url, work: bench(label, url, work, args))
 
 
 if __name__ == "__main__":

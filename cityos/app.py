@@ -14,6 +14,10 @@ from cityos.core.settings import Settings, load_settings
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """App factory (used by `cityos serve`, uvicorn --factory and the tests)."""
+    from cityos.cases import api as cases_api
+    from cityos.cases import api_kpi as cases_kpi
+    from cityos.cases import open311
+    from cityos.cases import pages as cases_pages
     from cityos.core import api as core_api
     from cityos.core import pages as core_pages
     from cityos.core.web import build_app
@@ -27,6 +31,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     from cityos.opendata import ckan_api, dcat_api
     from cityos.opendata import pages as opendata_pages
     from cityos.opendata import pages_console as opendata_console
+    from cityos.ops import api as ops_api
+    from cityos.ops import api_emergency, api_indicators, api_plan, pages_emergency, pages_plan
+    from cityos.ops import pages as ops_pages
     from cityos.sensing import api as sensing_api
     from cityos.sensing import api_ingest as sensing_ingest
     from cityos.sensing import api_rules as sensing_rules
@@ -42,9 +49,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     routers += [maps_api.router, ogc_features.router, api_pipes.router, maps_pages.router]
     routers += [sensing_ingest.router, sensing_api.router, sensing_rules.router, sensorthings.router,
                 sensing_pages.router]
+    routers += [cases_kpi.router, cases_api.router, open311.router, cases_pages.router]  # kpi before {number}
+    routers += [ops_api.router, api_indicators.router, api_emergency.router, api_plan.router,
+                ops_pages.router, pages_emergency.router, pages_emergency.warnings_router, pages_plan.router]
     app = build_app(settings, routers, template_dirs=[hub_pages.TEMPLATES, opendata_pages.TEMPLATES,
                                                     ogc_html.TEMPLATES, maps_pages.TEMPLATES,
-                                                    sensing_pages.TEMPLATES],
+                                                    sensing_pages.TEMPLATES, cases_pages.TEMPLATES,
+                                                    ops_pages.TEMPLATES],
                     engine=engine)
     app.router.lifespan_context = _lifespan
     return app
@@ -55,7 +66,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """While serving: open-data usage counts are flushed every few seconds; sensing's writer, rules
     and MQTT bridge run (started at once when a broker is set, else on first use) and are drained
     and stopped at shutdown, so an acknowledged reading is never left in memory."""
+    from cityos.cases import clock as cases_clock
     from cityos.opendata import applications as od_applications
+    from cityos.ops import clock as ops_clock
     from cityos.sensing import runtime as sensing_runtime
 
     platform = app.state.platform
@@ -63,7 +76,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await run_in_threadpool(sensing_runtime.catch_up, platform)
     if platform.settings.mqtt_url:
         sensing_runtime.runtime_of(platform)
-    async with od_applications.usage_flusher(platform.sessions):
+    async with od_applications.usage_flusher(platform.sessions), cases_clock.running(platform.sessions), \
+            ops_clock.running(platform.sessions, platform.settings.ops_refresh_seconds):
         try:
             yield
         finally:

@@ -6,11 +6,13 @@ from typing import Annotated
 
 import typer
 
+from cityos.cases import cli as cases_cli
 from cityos.core import cli as core_cli
 from cityos.demo import cli as demo_cli
 from cityos.hub import cli as hub_cli
 from cityos.maps import cli as maps_cli
 from cityos.opendata import cli as opendata_cli
+from cityos.ops import cli as ops_cli
 from cityos.sensing import cli as sensing_cli
 
 app = typer.Typer(help="CityOS smart-city platform / 智慧城市平台", no_args_is_help=True,
@@ -21,6 +23,8 @@ hub_cli.register(app)
 opendata_cli.register(app)
 maps_cli.register(app)
 sensing_cli.register(app)
+cases_cli.register(app)
+ops_cli.register(app)
 
 
 @app.command()

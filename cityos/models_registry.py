@@ -6,7 +6,8 @@ import importlib
 
 # Packages with a models.py, in dependency order. Add each engine here as it lands.
 MODEL_MODULES = ["cityos.core.models", "cityos.hub.models", "cityos.opendata.models",
-                 "cityos.maps.models", "cityos.sensing.models"]
+                 "cityos.maps.models", "cityos.sensing.models", "cityos.cases.models",
+                 "cityos.ops.models"]
 
 
 def import_all_models() -> None:

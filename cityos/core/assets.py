@@ -43,6 +43,11 @@ ASSETS = (
     *(Asset("leaflet", f"dist/images/{name}", f"leaflet/images/{name}") for name in (
         "layers.png", "layers-2x.png", "marker-icon.png", "marker-icon-2x.png", "marker-shadow.png")),
     Asset("leaflet", "LICENSE", "leaflet/LICENSE"),
+    # BPMN diagrams of case workflows (the viewer keeps the bpmn.io mark, as its licence asks)
+    Asset("bpmn-js", "dist/bpmn-viewer.production.min.js", "bpmn-js/bpmn-viewer.production.min.js"),
+    Asset("bpmn-js", "dist/assets/diagram-js.css", "bpmn-js/diagram-js.css"),
+    Asset("bpmn-js", "dist/assets/bpmn-js.css", "bpmn-js/bpmn-js.css"),
+    Asset("bpmn-js", "LICENSE", "bpmn-js/LICENSE"),
 )
 
 

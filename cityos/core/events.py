@@ -22,6 +22,10 @@ OPENDATA_PUBLISHED = "opendata.dataset.published"  # opendata: a dataset went pu
 SENSING_ALERT_OPENED = "sensing.alert.opened"  # sensing: an alert (re)opened (session, alert, reopened)
 SENSING_ALERT_ACKNOWLEDGED = "sensing.alert.acknowledged"  # sensing: someone took it (session, alert)
 SENSING_ALERT_RESOLVED = "sensing.alert.resolved"  # sensing: cleared by the rule or a person (session, alert)
+CASES_CREATED = "cases.case.created"  # cases: a case was registered (session, case)
+CASES_DISPATCHED = "cases.case.dispatched"  # cases: sent to departments (session, case)
+CASES_ESCALATED = "cases.case.escalated"  # cases: escalated (督办), by a person or the timer (session, case)
+CASES_CLOSED = "cases.case.closed"  # cases: closed, cancelled or merged (session, case)
 
 
 def subscribe(name: str, handler: Handler) -> None:

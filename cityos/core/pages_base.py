@@ -49,8 +49,8 @@ SECTIONS = (
     Section("audit", "/console/audit", "audit.read"),
 )
 # The engines of the build plan still to land, shown greyed out (建设中); landed ones have their
-# own entries in the console's navigation.
-ENGINES = (Section("cases"), Section("ops"))
+# own entries in the console's navigation. Every engine of the plan has landed.
+ENGINES: tuple[Section, ...] = ()
 
 
 def sections_for(actor: Actor) -> list[Section]:

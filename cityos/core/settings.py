@@ -75,6 +75,22 @@ class Settings(BaseSettings):
     )
     sensing_sqlite_cache_mb: int = Field(32, ge=2, le=1024,
                                          description="SQLite page cache of the ingest writer's connection")
+    cases_limit_urgent_days: int = Field(0, ge=0, le=30, description="Time limit of an urgent hotline case "
+                                         "in working days (0: the same working day)")
+    cases_limit_consultation_days: int = Field(3, ge=0, le=60, description="Time limit of a consultation "
+                                               "(咨询), working days")
+    cases_limit_default_days: int = Field(5, ge=0, le=60, description="Time limit of other hotline cases "
+                                          "and city-management cases, working days")
+    cases_extension_max_days: int = Field(10, ge=0, le=60, description="Most working days an extension "
+                                          "(延期) may add")
+    cases_warn_fraction: float = Field(0.8, gt=0, lt=1, description="A task is due soon (预警) once this "
+                                       "share of its time limit has passed")
+    cases_dispatch_threshold: float = Field(0.6, ge=0, le=1, description="Below this confidence a "
+                                            "person classifies and dispatches; above it the suggestion is "
+                                            "pre-filled")
+    ops_refresh_seconds: float = Field(1.0, ge=0, le=3600, description="How often the operations "
+                                       "center looks for indicators due a refresh (指标刷新); 0: never "
+                                       "(the tests step them by hand)")
 
     @field_validator("database_url")
     @classmethod

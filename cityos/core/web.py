@@ -45,6 +45,8 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PROBLEM = "application/problem+json"
 # Data hub file uploads may be far larger than any other request body (settings.hub_max_upload_bytes).
 UPLOAD_PATH = r"/api/hub/resources/[^/]+/uploads"
+# A resident's report carries up to nine photos of 5 MB each (cases.attachments).
+CASE_REPORT_PATH, CASE_REPORT_BYTES = r"/cases/report", 46 * 1024 * 1024
 
 
 @dataclass
@@ -428,7 +430,8 @@ def build_app(
     app.add_exception_handler(Exception, _crash)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
-                       paths={UPLOAD_PATH: settings.hub_max_upload_bytes})
+                       paths={UPLOAD_PATH: settings.hub_max_upload_bytes,
+                              CASE_REPORT_PATH: CASE_REPORT_BYTES})
     app.add_middleware(AccessLog)
 
     static = HERE / "static"
@@ -447,6 +450,10 @@ def build_app(
     for router in routers:
         app.include_router(router)
     return app
+
+
+# Path segments that look like tokens (an Open311 request token, 32+ hex digits) are not logged.
+_SECRETISH = re.compile(r"[0-9A-Fa-f]{32,}")
 
 
 class AccessLog:
@@ -472,5 +479,6 @@ class AccessLog:
             await self.app(scope, receive, watch)
         finally:
             if self.log.isEnabledFor(logging.INFO):
-                self.log.info("%s %s %s %.1fms", scope["method"], scope["path"], status[0],
+                path = _SECRETISH.sub("***", scope["path"])
+                self.log.info("%s %s %s %.1fms", scope["method"], path, status[0],
                               (time.perf_counter() - start) * 1000)

@@ -29,7 +29,7 @@ from cityos.core.access import SYSTEM
 from cityos.core.errors import Invalid
 from cityos.core.models import Department, User
 from cityos.core.settings import Settings
-from cityos.demo import hub_data, hub_seed, maps_seed, opendata_seed, sensing_seed
+from cityos.demo import cases_seed, hub_data, hub_seed, maps_seed, opendata_seed, ops_seed, sensing_seed
 from cityos.demo.data import Plan, plan
 
 Step = Callable[[str], None]
@@ -49,6 +49,8 @@ class BuildReport:
     opendata: opendata_seed.OpenReport | None = None
     maps: maps_seed.MapsReport | None = None
     sensing: sensing_seed.SensingReport | None = None
+    cases: cases_seed.CasesReport | None = None
+    ops: ops_seed.OpsReport | None = None
 
     @property
     def created(self) -> int:
@@ -132,6 +134,10 @@ def build(settings: Settings, console: Console | None = None, scale: float | Non
                 report.maps = maps_seed.build_maps(session, scale, settings.demo_password, console)
             with db.session_scope(db.make_sessionmaker(engine)) as session:
                 report.sensing = sensing_seed.build_sensing(session, scale, settings.data_dir, console)
+            with db.session_scope(db.make_sessionmaker(engine)) as session:
+                report.cases = cases_seed.build_cases(session, scale, settings.demo_password, console)
+            with db.session_scope(db.make_sessionmaker(engine)) as session:
+                report.ops = ops_seed.build_ops(session, settings.demo_password)
     finally:
         engine.dispose()
     report.seconds = time.monotonic() - started
@@ -172,6 +178,10 @@ def print_summary(console: Console, report: BuildReport, settings: Settings,
         console.print(maps_seed.summary_line(report.maps))
     if report.sensing is not None:
         console.print(sensing_seed.summary_line(report.sensing))
+    if report.cases is not None:
+        console.print(cases_seed.summary_line(report.cases))
+    if report.ops is not None:
+        console.print(ops_seed.summary_line(report.ops))
     console.print(logins_table(plan(), settings.demo_password))
     if report.hub is not None:
         console.print(showcase_table(settings.demo_password, report.hub.showcase))
@@ -181,6 +191,10 @@ def print_summary(console: Console, report: BuildReport, settings: Settings,
         console.print(maps_seed.try_table(settings.demo_password))
     if report.sensing is not None:
         console.print(sensing_seed.try_table(settings.demo_password))
+    if report.cases is not None:
+        console.print(cases_seed.try_table(settings.demo_password))
+    if report.ops is not None:
+        console.print(ops_seed.try_table(settings.demo_password))
     url = console_url(host or settings.host, port or settings.port)
     console.print(f"console / 控制台: [bold]{url}[/bold]")
 

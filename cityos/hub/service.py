@@ -387,8 +387,8 @@ def negative_list(session: Session, actor: Actor, *, department: str | None = No
 def negative_add(session: Session, actor: Actor, *, name: str, reason: str, basis: str | None = None,
                  department: str | None = None) -> NegativeEntry:
     """Add an entry to the negative list with its reason."""
-    dept = department_by_code(session, department) if department else session.get(
-        Department, actor.department_id)
+    dept = department_by_code(session, department) if department else (
+        session.get(Department, actor.department_id) if actor.department_id is not None else None)
     if dept is None:
         raise Invalid("department", "required / 必填")
     access.require(actor, "hub.resource.write", Target("hub.resource", None, dept.id, dept.path), session)
@@ -500,3 +500,32 @@ def current_rows(conn: Any, res: Resource, names: list[str]) -> Iterator[dict[st
                 yield row
     finally:
         result.close()  # a sample stops early: free the server-side cursor
+
+
+# -- for the operations center (plan) -------------------------------------------------------------
+
+
+def sharing_counts(session: Session) -> dict[str, int]:
+    """The plan's government data sharing rate (政务数据共享率), counted over the catalog: a
+    non-secret resource is shared when its share type is not "none" or when at least one sharing
+    grant (not revoked) lets another department read it. 涉密 resources are outside the rate."""
+    granted = set(session.scalars(select(Grant.resource_id).where(Grant.revoked_at.is_(None))))
+    out = {"non_secret": 0, "shared": 0, "by_share_type": 0, "by_grant_only": 0}
+    for rid, share_type in session.execute(
+            select(Resource.id, Resource.share_type).where(Resource.secret.is_(False))):
+        out["non_secret"] += 1
+        if share_type != "none":
+            out["shared"] += 1
+            out["by_share_type"] += 1
+        elif rid in granted:
+            out["shared"] += 1
+            out["by_grant_only"] += 1
+    return out
+
+
+def grantee_departments(session: Session, resource_ids: list[int]) -> set[int]:
+    """Departments holding a grant in force (not revoked) on any of these resources."""
+    if not resource_ids:
+        return set()
+    return set(session.scalars(select(Grant.department_id).where(
+        Grant.resource_id.in_(resource_ids), Grant.revoked_at.is_(None))))

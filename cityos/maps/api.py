@@ -49,6 +49,9 @@ def collection_out(feats: list[StoredFeature], matched: int | None = None) -> di
 
 
 def geometry_in(raw: Any, where: str = "geometry") -> BaseGeometry:
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        raise Invalid(where, 'a GeoJSON geometry object is required, e.g. {"type": "Point", '
+                             '"coordinates": [126.55, 43.84]} / 须为 GeoJSON 几何对象')
     try:
         geom = shapely.geometry.shape(raw)
     except Exception as exc:  # shapely raises several kinds for malformed GeoJSON

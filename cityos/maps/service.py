@@ -266,3 +266,50 @@ __all__ = ["ATTRIBUTE_TYPES", "GEOMETRY_TYPES", "MAX_LIMIT", "ROLES", "Reading",
            "layer_by_code", "layer_create", "layer_get", "layer_list", "layer_public", "layer_set_public",
            "layer_target", "length_m", "locate", "locate_many", "nearest", "readable_fields", "reading",
            "reference_layers", "reference_set", "within_distance"]
+
+
+# -- for the operations center (plan) -------------------------------------------------------------
+
+
+def department_usage(session: Session) -> dict[str, Any]:
+    """The plan's one-map department usage (时空信息平台部门使用率): the bureaus (委办局) that own a
+    map layer or hold a sharing grant in force on one, over all bureaus."""
+    layers = session.execute(select(Layer.resource_id, Layer.department_id)).all()
+    owners = {d for _r, d in layers}
+    users = owners | hub.grantee_departments(session, [r for r, _d in layers])
+    bureaus = set(session.scalars(select(Department.id).where(Department.kind == "bureau")))
+    return {"bureaus": len(bureaus), "owners": len(owners & bureaus), "using": len(users & bureaus),
+            "layers": len(layers)}
+
+
+# -- for the operations center (emergency) --------------------------------------------------------
+
+
+def features_near(session: Session, actor: Actor, layer_codes: Sequence[str], lon: float, lat: float,
+                  radius_m: float = 3000.0, limit: int = 50) -> list[dict[str, Any]]:
+    """Features of several layers within `radius_m` (geodesic) of a point, nearest first (周边资源):
+    layer, fid, name, distance_m, lon, lat, props. A layer that does not exist, or that the actor
+    may not read, is skipped rather than refused: the rest still answer."""
+    import shapely
+
+    from cityos.core.errors import NotFound
+
+    point = shapely.Point(float(lon), float(lat))
+    found: list[dict[str, Any]] = []
+    for code in dict.fromkeys(layer_codes):
+        try:
+            layer = layer_by_code(session, code)
+        except NotFound:
+            continue
+        if not layer.public and not (actor.authenticated and access.decide(
+                actor, "hub.data.read", data_target(layer), session).allowed):
+            continue
+        for f in within_distance(session, actor, code, point, radius_m, limit=limit,
+                                 purpose="emergency resources / 应急资源"):
+            at = f.geom if f.geom.geom_type == "Point" else f.geom.representative_point()
+            found.append({"layer": code, "layer_title": layer.title, "layer_title_en": layer.title_en,
+                          "fid": f.fid, "name": str(f.props.get("name") or f.props.get("名称") or f.fid),
+                          "distance_m": round(float(f.distance or 0.0), 1), "lon": float(at.x),
+                          "lat": float(at.y), "props": f.props})
+    found.sort(key=lambda r: (r["distance_m"], r["layer"], r["fid"]))
+    return found[:limit]

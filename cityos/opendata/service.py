@@ -579,3 +579,17 @@ def package_dict(ds: Dataset, topics_by_name: dict[str, Topic], base_url: str) -
 
 def topic_map(session: Session) -> dict[str, Topic]:
     return {t.name: t for t in topics(session)}
+
+
+# -- for the operations center (plan) -------------------------------------------------------------
+
+
+def open_counts(session: Session) -> dict[str, int]:
+    """The plan's non-secret public data open rate (非涉密公共数据开放率): of the catalog's
+    non-secret resources whose open type is not "closed" (the open-able ones), how many are
+    published as an open dataset now."""
+    openable = set(session.scalars(select(hub.Resource.id).where(
+        hub.Resource.secret.is_(False), hub.Resource.open_type != "closed")))
+    published = set(session.scalars(select(Dataset.resource_id).where(Dataset.state == "published")))
+    return {"openable": len(openable), "published": len(openable & published),
+            "published_all": len(published)}

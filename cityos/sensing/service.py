@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import select
@@ -188,3 +189,142 @@ def datastream_settings(session: Session, actor: Actor, datastream_id: int,
                  detail=dict(changes))
     session.flush()
     return ds
+
+
+# -- for the operations center (plan) -------------------------------------------------------------
+
+
+def things_online(session: Session, kinds: list[str], within_ms: int = 3_600_000,
+                  now_ms: int | None = None) -> dict[str, int]:
+    """Things of these kinds, and how many reported within `within_ms` of now (在线监测率)."""
+    import time
+
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    rows = session.execute(select(Thing.last_seen_at).where(Thing.kind.in_(kinds))).all()
+    online = sum(1 for (seen,) in rows if seen is not None and seen >= now_ms - within_ms)
+    return {"things": len(rows), "online": online}
+
+
+# -- for the operations center (screen) -----------------------------------------------------------
+
+
+def alert_counts(session: Session) -> dict[str, Any]:
+    """Unresolved sensing alerts across the city (未处置告警): by severity, and how many are still
+    open (not yet acknowledged). One grouped query, for the operations center's big screen."""
+    from sqlalchemy import func
+
+    from cityos.sensing.models import Alert
+
+    rows = session.execute(select(Alert.severity, Alert.state, func.count())
+                           .where(Alert.state.in_(("open", "acknowledged")))
+                           .group_by(Alert.severity, Alert.state)).all()
+    by_severity = {"critical": 0, "warning": 0, "info": 0}
+    states = {"open": 0, "acknowledged": 0}
+    for severity, state, n in rows:
+        by_severity[severity] = by_severity.get(severity, 0) + int(n)
+        states[state] += int(n)
+    return {"by_severity": by_severity, **states, "total": states["open"] + states["acknowledged"]}
+
+
+# -- for the operations center (indicators) --------------------------------------------------
+# Cheap city-wide figures for the operations center's vital signs (运行体征): they read the
+# streams' own latest-value summary and the things' last contact, never the history of readings.
+
+
+def _property_ids(session: Session, property_code: str) -> list[int]:
+    from cityos.sensing.models import ObservedProperty
+
+    rows = session.execute(select(ObservedProperty.id, ObservedProperty.name, ObservedProperty.definition,
+                                  ObservedProperty.properties)).all()
+    return [r.id for r in rows if property_code in ((r.properties or {}).get("code"), r.name, r.definition)]
+
+
+def latest_values(session: Session, property_code: str, kind: str | None = None,
+                  max_age_s: float | None = None, now_ms: int | None = None,
+                  thing_ids: Collection[int] | None = None) -> list[float]:
+    """The newest numeric reading of every stream of an observed property (by its code, name or
+    definition), optionally only of things of `kind` or among `thing_ids`; readings older than
+    `max_age_s` do not count."""
+    from cityos.sensing import ingest
+    from cityos.sensing.models import Datastream
+
+    ids = _property_ids(session, property_code)
+    if not ids:
+        return []
+    q = select(Datastream.last_value).where(Datastream.observed_property_id.in_(ids),
+                                            Datastream.last_value.is_not(None))
+    if max_age_s is not None:
+        now = now_ms if now_ms is not None else ingest.now_ms()
+        q = q.where(Datastream.last_time >= now - int(max_age_s * 1000))
+    if kind:
+        q = q.where(Datastream.thing_id.in_(select(Thing.id).where(Thing.kind == kind)))
+    if thing_ids is not None:
+        q = q.where(Datastream.thing_id.in_(list(thing_ids)))
+    return [float(v) for (v,) in session.execute(q)]
+
+
+def alerts_open_count(session: Session, severity: str | None = None,
+                      thing_ids: Collection[int] | None = None) -> int:
+    """Unresolved alerts (open or acknowledged) city-wide, optionally of one severity or of `thing_ids`."""
+    from sqlalchemy import func
+
+    from cityos.sensing.models import Alert
+
+    q = select(func.count()).select_from(Alert).where(Alert.state != "resolved")
+    if severity:
+        q = q.where(Alert.severity == severity)
+    if thing_ids is not None:
+        q = q.where(Alert.thing_id.in_(list(thing_ids)))
+    return int(session.scalar(q) or 0)
+
+
+def online_rate(session: Session, minutes: float = 15, kind: str | None = None,
+                now_ms: int | None = None, thing_ids: Collection[int] | None = None) -> float | None:
+    """Percent of things (of `kind`) that reported within the last `minutes`; None without things."""
+    from sqlalchemy import case, func
+
+    from cityos.sensing import ingest
+
+    now = now_ms if now_ms is not None else ingest.now_ms()
+    recent = case((Thing.last_seen_at >= now - int(minutes * 60_000), 1), else_=0)
+    q = select(func.count(), func.sum(recent)).select_from(Thing)
+    if kind:
+        q = q.where(Thing.kind == kind)
+    if thing_ids is not None:
+        q = q.where(Thing.id.in_(list(thing_ids)))
+    total, online = session.execute(q).one()
+    return 100.0 * int(online or 0) / int(total) if total else None
+
+
+def thing_points(session: Session) -> dict[int, tuple[float, float]]:
+    """Every located thing's first location as (lon, lat): where it measures (for district figures)."""
+    from sqlalchemy import func
+
+    from cityos.sensing.models import Location, thing_locations
+
+    first = (select(thing_locations.c.thing_id, func.min(thing_locations.c.location_id).label("loc"))
+             .group_by(thing_locations.c.thing_id).subquery())
+    rows = session.execute(select(first.c.thing_id, Location.lon, Location.lat)
+                           .join(Location, Location.id == first.c.loc)
+                           .where(Location.lon.is_not(None), Location.lat.is_not(None)))
+    return {int(r.thing_id): (float(r.lon), float(r.lat)) for r in rows}
+
+
+def thing_point(session: Session, thing_id: int) -> tuple[float, float] | None:
+    """A thing's first location as (lon, lat), if it has one (where an alert happened)."""
+    from cityos.sensing.models import Location, thing_locations
+
+    row = session.execute(select(Location.lon, Location.lat)
+                          .join(thing_locations, thing_locations.c.location_id == Location.id)
+                          .where(thing_locations.c.thing_id == thing_id)
+                          .order_by(Location.id).limit(1)).first()
+    if row is None or row.lon is None or row.lat is None:
+        return None
+    return float(row.lon), float(row.lat)
+
+
+def rule_code_of(session: Session, rule_id: int) -> str | None:
+    """The name of an alert rule (sensing rules have no code; the name is what people match on)."""
+    from cityos.sensing.models import Rule
+
+    return session.scalar(select(Rule.name).where(Rule.id == rule_id))

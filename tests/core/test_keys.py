@@ -60,6 +60,11 @@ def rotate(sessions: sessionmaker[Session], ring: crypto.Keyring, **kw: object) 
         return keys.keys_rotate(s, cli_actor(), ring=ring, **kw)  # type: ignore[arg-type]
 
 
+def rotated(report: keys.RotationReport) -> dict[str, int]:
+    """The columns that held ciphertexts; other engines' registered columns are empty here."""
+    return {column: rows for column, rows in report.rotated.items() if rows}
+
+
 def test_rotation_reencrypts_every_column_under_the_new_key(sessions, ring):
     people = add_people(sessions, 7)
     before = stored(sessions)
@@ -69,7 +74,7 @@ def test_rotation_reencrypts_every_column_under_the_new_key(sessions, ring):
     report = rotate(sessions, ring, batch_size=3, progress=lambda *a: calls.append(a))
 
     assert report.key_id == ring.active != old_kid
-    assert report.rotated == {"users.id_number": 7, "users.phone": 7}
+    assert rotated(report) == {"users.id_number": 7, "users.phone": 7}
     assert ("users.id_number", 7, 7) in calls and ("users.phone", 7, 7) in calls
     after = stored(sessions)
     for name, (idn, phone) in people.items():
@@ -92,8 +97,8 @@ def test_rotation_is_audited_without_key_material(sessions, ring):
         rec = s.scalar(select(AuditRecord).where(AuditRecord.action == "keys.rotate"))
         assert rec is not None
         assert rec.actor == cli_actor().name and rec.object_id == report.key_id
-        assert rec.detail["columns"] == [{"column": "users.id_number", "rows": 2},
-                                         {"column": "users.phone", "rows": 2}]
+        assert [c for c in rec.detail["columns"] if c["rows"]] == [{"column": "users.id_number", "rows": 2},
+                                                                   {"column": "users.phone", "rows": 2}]
         assert rec.detail["total"] == 4
         logged = orjson.dumps(rec.detail).decode() + (rec.purpose or "")
         for material in [*(k["key"] for k in ring.keys.values()), *ring.index_keys.values()]:
@@ -225,7 +230,7 @@ def test_interrupted_rotation_leaves_a_working_system_and_a_rerun_finishes(sessi
         s.rollback()
 
     report = rotate(sessions, on_disk, batch_size=2)
-    assert report.rotated == {"users.id_number": 5, "users.phone": 5}
+    assert rotated(report) == {"users.id_number": 5, "users.phone": 5}
     assert all(on_disk.key_of(u.phone_enc) == report.key_id for u in stored(sessions).values())
     with sessions() as s:
         found = service.user_list(s, SYSTEM, id_number=people["person3"][0])

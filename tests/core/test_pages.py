@@ -335,7 +335,7 @@ def test_audit_page_filters_and_verifies(client, city, sessions):
     failed = client.get("/console/audit", params={"outcome": "failure", "actor": "env_staff"})
     assert "env_staff" in failed.text and "失败" in failed.text
     assert "auditor" not in failed.text.split("<tbody>")[1]
-    today = service.utcnow().date().isoformat()
+    today = service.utcnow().astimezone(pages_base.CITY_TZ).date().isoformat()  # the city's day, not UTC's
     assert "auth.login" in client.get("/console/audit", params={"since": "2020-01-01",
                                                                "until": today}).text
     bad = client.get("/console/audit", params={"since": "yesterday"})
@@ -368,9 +368,9 @@ def test_english_switch(client, city):
     assert "Sign in to the console" in client.get("/console/login").text  # the cookie holds it
     signed_in(client, "admin")
     page = client.get("/console")
-    assert "Platform admin" in page.text and "Coming soon" in page.text
+    assert "Platform admin" in page.text and "Plan progress" in page.text
     page = client.get("/console?lang=zh-CN")
-    assert "平台管理员" in page.text and "建设中" in page.text
+    assert "平台管理员" in page.text and "规划进展" in page.text
     assert 'href="/console?lang=en"' in page.text
 
 

@@ -13,7 +13,7 @@ from cityos.core import auth
 from cityos.core.access import ANONYMOUS
 from cityos.core.models import User
 from cityos.core.settings import Settings
-from cityos.demo import geography, maps_seed, seed
+from cityos.demo import cases_seed, geography, maps_seed, ops_seed, seed
 from cityos.maps import pipes, pipes_service, service
 from cityos.maps.grids import parse_code
 
@@ -37,6 +37,10 @@ def test_the_demo_builds_the_map_and_locate_and_burst_work(settings: Settings,
 
     with sessions() as s:
         layers = {la.code: la for la in service.layer_list(s, ANONYMOUS, limit=100)}
+        # Later steps add their own layers: the parks of the cases' dispatch rule, the operations
+        # center's emergency resources (tests/demo/test_ops_demo.py covers those).
+        assert layers.pop(cases_seed.PARKS_LAYER).department.code == cases_seed.SLUGS["parks"]
+        assert {layers.pop(code).department.code for code in ops_seed.LAYERS} == {ops_seed.OPS}
         assert set(layers) == set(OWNERS)  # public: everything but the network
         assert {c: la.department.code for c, la in layers.items()} == OWNERS
         counts = {c: la.feature_count for c, la in layers.items()}

@@ -240,6 +240,10 @@ def test_the_json_api(sessions, city, client):
     assert r.status_code == 200 and ids(r.json()) == ["W000013"]
     assert client.post("/api/maps/networks/dig-check", headers=env, json={
         "geometry": {"type": "Point", "coordinates": [mid.x, mid.y]}, "metres": 900}).status_code == 422
+    for bad in ({"metres": 5}, {"geometry": None, "metres": 5}, {"geometry": {"coordinates": [1, 2]}, "metres": 5}):
+        r = client.post("/api/maps/networks/dig-check", headers=env, json=bad)  # what a geometry is,
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "geometry", r.text  # not Python's words
+        assert "NoneType" not in r.text and "attribute" not in r.text
     r = client.get(f"/api/maps/networks/{NET}/check", headers=env)
     assert r.status_code == 200 and r.json()["counts"] == {}
     with sessions() as s:

@@ -126,6 +126,7 @@ def settings(engine: Engine, data_dir: Path) -> Settings:
         database_url=engine.url.render_as_string(hide_password=False),
         data_dir=data_dir, environment="test", secret_key="test-secret-key-0123456789",
         ops_refresh_seconds=0,  # the indicator clock would race tests that count rows; tests that need it turn it on
+        rate_limit_enabled=False,  # tests log in and call far more than a person would; test_ratelimit turns it on
     )
 
 

@@ -45,12 +45,13 @@ from cityos.core.access import Actor, Target
 from cityos.core.errors import Conflict, NotFound
 from cityos.core.models import Department
 from cityos.core.schemas import Page
-from cityos.core.web import ActorDep, SessionDep, language, platform_of
+from cityos.core.service import MAX_OFFSET
+from cityos.core.web import ActorDep, SessionDep, SignedInDep, language, platform_of
 
 router = APIRouter(prefix="/api/cases", tags=["cases"])
 MAX_LIST = 200
 Limit = Annotated[int, Query(ge=1, le=MAX_LIST, description="page size (1-200) / 每页条数")]
-Offset = Annotated[int, Query(ge=0, description="items to skip / 跳过条数")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip / 跳过条数")]
 Filter = Annotated[str | None, Query(max_length=32)]
 Number = Annotated[str, Path(max_length=40, description="工单编号 / case number, e.g. RX2024060100000001")]
 Code = Annotated[str, Path(max_length=64)]
@@ -156,7 +157,7 @@ def categories_list(session: SessionDep, line: Filter = None) -> list[dict[str, 
 
 @router.put("/categories/{code}", response_model=CategoryOut,
             summary="Create or replace a category (事项类别维护); workflow admins only")
-def categories_put(code: Code, body: CategoryIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def categories_put(code: Code, body: CategoryIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     keep = ("department", "workflow")  # omitted: the category keeps its own
     spec = {k: v for k, v in body.model_dump().items() if v is not None or k not in keep}
     cat = svc.category_upsert(session, actor, {**spec, "code": code})
@@ -193,7 +194,7 @@ def workflows_get(code: Code, session: SessionDep) -> dict[str, Any]:
 @router.post("/workflows/{code}", response_model=WorkflowDetailOut, status_code=201,
              summary="Publish a new version of a workflow (流程发布); running cases keep theirs")
 def workflows_publish(code: Code, body: WorkflowIn, response: Response, session: SessionDep,
-                      actor: ActorDep) -> dict[str, Any]:
+                      actor: SignedInDep) -> dict[str, Any]:
     wf = svc.workflow_publish(session, actor, code, body.bpmn, name=body.name, name_en=body.name_en,
                               department=body.department)
     session.commit()
@@ -206,7 +207,7 @@ def workflows_publish(code: Code, body: WorkflowIn, response: Response, session:
 
 @router.get("/queues/{department}", response_model=Page[QueueItemOut],
             summary="A department's open tasks (待办队列), most urgent first")
-def queues_get(department: Code, request: Request, session: SessionDep, actor: ActorDep,
+def queues_get(department: Code, request: Request, session: SessionDep, actor: SignedInDep,
                which: Annotated[Literal["new", "due_soon", "overdue", "all"], Query(
                    description="new 待处理 | due_soon 即将超期 | overdue 已超期 | all")] = "all",
                limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
@@ -234,7 +235,7 @@ def cases_track(key: Annotated[str, Path(max_length=64)], request: Request,
 
 @router.post("/sweep", response_model=SweepOut,
              summary="Mark due-soon and overdue tasks and escalate (时限监控); platform admins only")
-def cases_sweep(session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def cases_sweep(session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     # A target with no department needs city-wide reach: platform admins only.
     access.require(actor, "cases.workflow.write", Target("case_sweep"), session)
     report = steps.sweep(session)
@@ -263,7 +264,7 @@ def cases_create(body: CaseIn, request: Request, response: Response, session: Se
 
 @router.get("", response_model=Page[CaseOut], summary="Cases you may see, newest first (工单列表)")
 def cases_list(
-    request: Request, session: SessionDep, actor: ActorDep, status: Filter = None, category: Filter = None,
+    request: Request, session: SessionDep, actor: SignedInDep, status: Filter = None, category: Filter = None,
     line: Filter = None, district: Filter = None,
     q: Annotated[str | None, Query(max_length=100, description="words of the title or address, or a "
                                                                "number / 标题、地址或编号")] = None,
@@ -279,7 +280,7 @@ def cases_list(
 
 @router.get("/{number}", response_model=CaseDetailOut,
             summary="A case with its tasks, timeline, photos and the steps you may take (工单详情)")
-def cases_get(number: Number, request: Request, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def cases_get(number: Number, request: Request, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     return _detail(session, actor, svc.case_get(session, actor, number), language(request))
 
 
@@ -287,7 +288,7 @@ def cases_get(number: Number, request: Request, session: SessionDep, actor: Acto
              summary="Take a step on a case (办理): dispatch, accept, reply, verify, callback, ...")
 def cases_act(
     number: Number, action: Annotated[str, Path(max_length=32)], request: Request, session: SessionDep,
-    actor: ActorDep,
+    actor: SignedInDep,
     params: Annotated[dict[str, Any] | None, Body(description="the step's parameters, e.g. dispatch "
                                                                "{department, co, days, note}")] = None,
 ) -> dict[str, Any]:
@@ -308,13 +309,13 @@ def cases_evaluate(number: Number, body: EvaluateIn, request: Request, session: 
 
 @router.get("/{number}/reporter", summary="The reporter's name and full phone, for the centre's callback "
                                            "(回访); every reveal is audited")
-def cases_reporter(number: Number, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def cases_reporter(number: Number, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     return svc.case_reporter(session, actor, number)
 
 
 @router.get("/{number}/duplicates", summary="Possible duplicates of a case (疑似重复): same category, "
                                              "within 100 m and 48 h")
-def cases_duplicates(number: Number, session: SessionDep, actor: ActorDep) -> list[dict[str, Any]]:
+def cases_duplicates(number: Number, session: SessionDep, actor: SignedInDep) -> list[dict[str, Any]]:
     case = svc.case_get(session, actor, number)
     return [{"number": d.number, "distance_m": round(svc.metres(case, d), 1), "title": d.title,
              "status": d.status, "created_at": svc._iso(d.created_at)}
@@ -344,7 +345,7 @@ def attachments_create(
 @router.get("/{number}/attachments/{attachment_id}", response_class=Response,
             summary="A photo (下载照片): report photos for anyone, others for staff who may read the case",
             responses={200: {"content": {t: {} for t, _ in attachments.TYPES.values()}}})
-def attachments_get(number: Number, attachment_id: int, session: SessionDep, actor: ActorDep) -> Response:
+def attachments_get(number: Number, attachment_id: int, session: SessionDep, actor: SignedInDep) -> Response:
     att = attachments.attachment_get(session, actor, number, attachment_id)
     assert att.data is not None
     # The sniffed type, never the client's; X-Content-Type-Options: nosniff comes with every response

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from cityos.cases import kpi
 from cityos.cases.models import LINES
 from cityos.core.db import utcnow
-from cityos.core.web import ActorDep, SessionDep
+from cityos.core.web import ActorDep, SessionDep, SignedInDep
 from cityos.core.workdays import CITY_TZ
 
 router = APIRouter(prefix="/api/cases/kpi", tags=["cases kpi"])
@@ -50,15 +50,15 @@ def _xlsx(body: bytes, name: str) -> Response:
 
 
 @router.get("", summary="Handling figures per department, district, grid or category (考核统计)")
-def report(session: SessionDep, actor: ActorDep, by: By = "department", since: Day = None, until: Day = None,
-           line: Line = None) -> dict[str, Any]:
+def report(session: SessionDep, actor: SignedInDep, by: By = "department", since: Day = None,
+           until: Day = None, line: Line = None) -> dict[str, Any]:
     rows, first, last = _report(session, actor, by, since, until, line)
     return {"by": by, "by_name": kpi.BY[by], "since": first, "until": last, "line": line,
             "rows": [r.as_dict() for r in rows]}
 
 
 @router.get(".xlsx", summary="The same as an Excel workbook (导出考核报表)")
-def report_xlsx(session: SessionDep, actor: ActorDep, by: By = "department", since: Day = None,
+def report_xlsx(session: SessionDep, actor: SignedInDep, by: By = "department", since: Day = None,
                 until: Day = None, line: Line = None) -> Response:
     rows, first, last = _report(session, actor, by, since, until, line)
     title = f"{kpi.BY[by][0]}考核 {first}至{last}"
@@ -72,7 +72,8 @@ def _ranking(session: SessionDep, actor: ActorDep, month: str | None,
 
 
 @router.get("/ranking", summary="The month's ranking of departments (月度考核排名)")
-def ranking(session: SessionDep, actor: ActorDep, month: Month = None, line: Line = None) -> dict[str, Any]:
+def ranking(session: SessionDep, actor: SignedInDep, month: Month = None,
+            line: Line = None) -> dict[str, Any]:
     rows, month = _ranking(session, actor, month, line)
     return {"month": month, "line": line,
             "weights": [{"metric": w.metric, "share": w.share, "zh": w.zh, "en": w.en} for w in kpi.WEIGHTS],
@@ -80,13 +81,13 @@ def ranking(session: SessionDep, actor: ActorDep, month: Month = None, line: Lin
 
 
 @router.get("/ranking.xlsx", summary="The ranking as an Excel workbook (导出考核排名)")
-def ranking_xlsx(session: SessionDep, actor: ActorDep, month: Month = None, line: Line = None) -> Response:
+def ranking_xlsx(session: SessionDep, actor: SignedInDep, month: Month = None, line: Line = None) -> Response:
     rows, month = _ranking(session, actor, month, line)
     return _xlsx(kpi.export_xlsx(rows, sheet=f"排名 {month}", ranked=True), f"cases-ranking-{month}")
 
 
 @router.get("/hotspots", summary="Cases per map cell and week, for the heat layer (热点分布, GeoJSON)")
-def hotspots(session: SessionDep, actor: ActorDep,
+def hotspots(session: SessionDep, actor: SignedInDep,
              category: Annotated[str | None, Query(max_length=32)] = None,
              week: Annotated[str | None, Query(max_length=16, description="YYYY-Www; all: every week; "
                                                                           "default: this week")] = None,

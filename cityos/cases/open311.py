@@ -44,7 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from cityos.cases import service
 from cityos.cases.models import STATUSES, Case, CaseAttachment, CaseCategory, CaseWorkflow
 from cityos.cases.open311_xml import FORMATS, Fields, FieldsDep, errors, format_of_path, render
-from cityos.core import access, auth, workdays
+from cityos.core import access, auth, ratelimit, workdays
 from cityos.core.access import Actor
 from cityos.core.db import utcnow
 from cityos.core.errors import CityOSError, FieldError, Forbidden, Invalid, NotFound
@@ -80,6 +80,8 @@ async def open311_error(request: Request, exc: CityOSError) -> Response:
 
 
 Open311Route = answering_errors_with(open311_error)
+ratelimit.answer_in("/open311/", lambda request, detail: errors(format_of_path(request.url.path), 429,
+                                                                [(429, detail)]))
 router = APIRouter(prefix="/open311/v2", tags=["Open311 GeoReport v2"], route_class=Open311Route)
 
 
@@ -205,6 +207,8 @@ def _w3_parse(text: str, field: str) -> dt.datetime:
     except ValueError:
         raise Invalid(field, f"{text!r} is not a W3C datetime such as 2010-01-01T00:00:00Z / 时间格式错误") \
             from None
+    if not 1900 <= value.year <= 9000:  # year 1 or 9999 overflow once moved to UTC or back 90 days
+        raise Invalid(field, f"{text!r} is out of range (years 1900 to 9000) / 时间超出范围")
     return value if value.tzinfo else value.replace(tzinfo=workdays.CITY_TZ)
 
 

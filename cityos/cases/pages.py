@@ -106,9 +106,11 @@ def map_config(request: Request, session: Session, actor: Actor, *, point: list[
     view = None
     try:
         roles = {code: role for role, (code, _attr) in maps.reference_layers(session).items()}
-        for la in maps.layer_list(session, actor, limit=maps.MAX_LIMIT):
+        readable = maps.layer_list(session, actor, limit=maps.MAX_LIMIT)
+        keywords = hub.keywords_by_code(session, [la.resource_code for la in readable])
+        for la in readable:
             role = roles.get(la.code)
-            tags = set(hub.resource_by_code(session, la.resource_code).keywords or [])
+            tags = set(keywords.get(la.resource_code, []))
             if role not in MAP_ROLES and BASE_TAG not in tags:
                 continue
             if role == "district" and la.bbox:
@@ -212,7 +214,7 @@ def _version(session: Session, code: str, version: str) -> Any:
     versions = [wf for wf in service.workflow_list(session) if wf.code == code]
     if not versions:
         raise NotFound("workflow", code)
-    if version.isdigit():
+    if version.isdecimal():
         chosen = next((wf for wf in versions if wf.version == int(version)), None)
         if chosen is None:
             raise NotFound("workflow", f"{code}@{version}")
@@ -314,7 +316,7 @@ def step_params(action: str, form: FormData) -> dict[str, Any]:
                 raise Invalid(f.name, "choose one / 请选择")
             params[f.name] = raw == "true"
         elif f.kind == "int":
-            if not raw.isdigit():
+            if not raw.isdecimal():
                 raise Invalid(f.name, "a whole number of working days / 须为整数个工作日")
             params[f.name] = int(raw)
         else:

@@ -266,7 +266,7 @@ def _check_point(spec: Mapping[str, Any], errors: list[FieldError]) -> tuple[flo
     for name, value, (lo, hi) in (("lon", lon, LON_RANGE), ("lat", lat, LAT_RANGE)):
         try:
             v = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit JSON integer
             errors.append(FieldError(name, "a number is required / 须为数字"))
             continue
         if not math.isfinite(v) or not lo <= v <= hi:

@@ -24,11 +24,11 @@ from cityos.core.schemas import (
     UserPatch,
     VerifyOut,
 )
-from cityos.core.web import ActorDep, SessionDep, platform_of
+from cityos.core.web import ActorDep, SessionDep, SignedInDep, platform_of
 
 router = APIRouter(prefix="/api")
 Limit = Annotated[int, Query(ge=1, le=service.MAX_PAGE, description="page size (1-500)")]
-Offset = Annotated[int, Query(ge=0, description="items to skip")]
+Offset = Annotated[int, Query(ge=0, le=service.MAX_OFFSET, description="items to skip")]
 
 
 def page_of(paged: service.Paged, shape: Any) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def token_create(
 
 
 @router.post("/auth/revoke", status_code=204, tags=["auth"], summary="Revoke the token in use")
-def token_revoke(session: SessionDep, actor: ActorDep) -> Response:
+def token_revoke(session: SessionDep, actor: SignedInDep) -> Response:
     if actor.token_id is None:
         raise Unauthorized("a bearer token is needed to revoke it / 需要令牌")
     auth.token_revoke(session, token_id=actor.token_id)
@@ -79,7 +79,7 @@ def token_revoke(session: SessionDep, actor: ActorDep) -> Response:
 
 
 @router.get("/me", response_model=UserOut, tags=["auth"], summary="The signed-in user")
-def me(session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def me(session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     if actor.kind != "user" or actor.user_id is None:
         raise Unauthorized()
     user = service.user_get(session, actor, actor.name)
@@ -107,7 +107,7 @@ def departments_get(code: str, session: SessionDep, actor: ActorDep) -> dict[str
 
 
 @router.post("/departments", response_model=DepartmentOut, status_code=201, tags=["departments"])
-def departments_create(body: DepartmentIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def departments_create(body: DepartmentIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     dept = service.department_create(session, actor, **body.model_dump())
     session.commit()
     return dept_out(dept)
@@ -135,7 +135,7 @@ class IdLookup(Strict):
 @router.post("/users/lookup", response_model=Page[UserOut], tags=["users"],
              summary="Find users by ID number (blind index; the number travels in the body, "
                      "never in a URL)")
-def users_lookup(body: IdLookup, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def users_lookup(body: IdLookup, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     paged = service.user_list(session, actor, id_number=body.id_number, limit=50, offset=0)
     session.commit()  # the lookup is audited
     return page_of(paged, service.user_public)
@@ -143,7 +143,7 @@ def users_lookup(body: IdLookup, session: SessionDep, actor: ActorDep) -> dict[s
 
 @router.get("/users/{username}", response_model=UserOut, tags=["users"])
 def users_get(
-    username: str, session: SessionDep, actor: ActorDep,
+    username: str, session: SessionDep, actor: SignedInDep,
     purpose: Annotated[str | None, Query(max_length=200, description="why you read it")] = None,
 ) -> dict[str, Any]:
     user = service.user_get(session, actor, username, purpose)
@@ -152,7 +152,7 @@ def users_get(
 
 
 @router.post("/users", response_model=UserOut, status_code=201, tags=["users"])
-def users_create(body: UserIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def users_create(body: UserIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     user = service.user_create(session, actor, **body.model_dump())
     session.commit()
     return service.user_public(user)
@@ -160,7 +160,7 @@ def users_create(body: UserIn, session: SessionDep, actor: ActorDep) -> dict[str
 
 @router.patch("/users/{username}", response_model=UserOut, tags=["users"])
 def users_update(username: str, body: UserPatch, session: SessionDep,
-                 actor: ActorDep) -> dict[str, Any]:
+                 actor: SignedInDep) -> dict[str, Any]:
     user = service.user_update(session, actor, username, body.model_dump(exclude_unset=True))
     session.commit()
     return service.user_public(user)
@@ -170,7 +170,7 @@ def users_update(username: str, body: UserPatch, session: SessionDep,
 
 
 @router.get("/apikeys", response_model=Page[ApiKeyOut], tags=["apikeys"])
-def apikeys_list(session: SessionDep, actor: ActorDep, limit: Limit = 50,
+def apikeys_list(session: SessionDep, actor: SignedInDep, limit: Limit = 50,
                  offset: Offset = 0) -> dict[str, Any]:
     return page_of(service.apikey_list(session, actor, limit=limit, offset=offset),
                    service.apikey_public)
@@ -178,14 +178,14 @@ def apikeys_list(session: SessionDep, actor: ActorDep, limit: Limit = 50,
 
 @router.post("/apikeys", response_model=ApiKeyOut, status_code=201, tags=["apikeys"],
              summary="Issue an API key; the key is in the answer once and never again")
-def apikeys_create(body: ApiKeyIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def apikeys_create(body: ApiKeyIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     raw, key = service.apikey_create(session, actor, **body.model_dump())
     session.commit()
     return service.apikey_public(key, raw)
 
 
 @router.delete("/apikeys/{prefix}", status_code=204, tags=["apikeys"])
-def apikeys_revoke(prefix: str, session: SessionDep, actor: ActorDep) -> Response:
+def apikeys_revoke(prefix: str, session: SessionDep, actor: SignedInDep) -> Response:
     service.apikey_revoke(session, actor, prefix)
     session.commit()
     return Response(status_code=204)
@@ -196,7 +196,7 @@ def apikeys_revoke(prefix: str, session: SessionDep, actor: ActorDep) -> Respons
 
 @router.get("/audit", response_model=Page[AuditOut], tags=["audit"])
 def audit_list(
-    session: SessionDep, actor: ActorDep, limit: Limit = 50, offset: Offset = 0,
+    session: SessionDep, actor: SignedInDep, limit: Limit = 50, offset: Offset = 0,
     actor_name: Annotated[str | None, Query(alias="actor", max_length=64)] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
     outcome: Annotated[str | None, Query(pattern="^(success|denied|failure)$")] = None,
@@ -214,7 +214,7 @@ def audit_list(
 
 @router.post("/audit/verify", response_model=VerifyOut, tags=["audit"],
              summary="Walk the hash chain and name the first record that was tampered with")
-def audit_verify(session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def audit_verify(session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     result = service.audit_verify(session, actor)
     return {"ok": result.ok, "checked": result.checked, "first_bad_seq": result.first_bad_seq,
             "reason": result.reason, "message": result.message()}

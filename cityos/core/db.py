@@ -86,6 +86,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
+        event.listen(engine, "handle_error", _bad_value)
         return engine
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 10)
@@ -94,11 +95,71 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # a spatial page query ignores its LIMIT (seconds instead of milliseconds). JIT only adds
     # start-up time to the short queries a city platform runs.
     kwargs.setdefault("connect_args", {"options": "-c plan_cache_mode=force_custom_plan -c jit=off"})
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    event.listen(engine, "handle_error", _bad_value)
+    return engine
+
+
+def _bad_value(context: Any) -> Exception | None:
+    """A value from a request that the database cannot hold is the client's mistake, not a crash:
+    a number out of range (an id of 2**40, an offset past 2**63: SQLite's driver raises
+    OverflowError, PostgreSQL numeric_value_out_of_range 22003) or a NUL character in text
+    (psycopg refuses it before sending; PostgreSQL refuses \\u0000 in JSON, 22P05). Each becomes
+    `Invalid`, which every API answers as bad input in its own format."""
+    from cityos.core.errors import Invalid
+
+    exc = context.original_exception
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(exc, OverflowError) or state == "22003":
+        return Invalid("request", "a number is out of range / 数值超出范围")
+    if state in ("22P05", "22021") or type(exc).__name__ == "DataError" and "NUL (0x00)" in str(exc):
+        return Invalid("request", "a NUL character (\\0) is not allowed / 不允许包含空字符")
+    return None
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def bound_statements(session: Session, milliseconds: int) -> None:
+    """Have PostgreSQL cancel any statement of this session that runs longer than `milliseconds`
+    (statement_timeout, set in each of its transactions). API requests are bounded this way; the
+    CLI's bulk loads and the app's background jobs use sessions without it."""
+    bind = session.bind
+    if milliseconds <= 0 or bind is None or bind.dialect.name != "postgresql":
+        return
+
+    def _timeout(_session: Session, _transaction: Any, connection: Any) -> None:
+        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(milliseconds)}")
+
+    event.listen(session, "after_begin", _timeout)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """The database cancelled the statement (PostgreSQL's query_canceled, SQLSTATE 57014)."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == "57014"
+
+
+# PostgreSQL's SQLSTATEs of a database that is away or out of room, not of a wrong request:
+# connection exceptions, admin or crash shutdown, cannot connect now, too many connections.
+_AWAY = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database is unreachable or went away mid-request (restarting, failing over), or SQLite
+    stayed locked past its busy timeout: worth a retry (503), not a bug (500)."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if hasattr(orig, "sqlstate"):  # psycopg; an error without a SQLSTATE had no answer from the server
+        state = getattr(orig, "sqlstate", None)
+        return isinstance(exc, InterfaceError) or (
+            isinstance(exc, OperationalError) and (state is None or str(state).startswith(_AWAY)))
+    return getattr(orig, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED")
 
 
 @contextmanager

@@ -36,6 +36,8 @@ _PARENT_KINDS = {
     "bureau": ("city", "district", "street"),
 }
 MAX_PAGE = 500
+# An OFFSET walks every row it skips, and a larger number overflows the database's integers (500).
+MAX_OFFSET = 10_000_000
 
 crypto.register_encrypted(crypto.EncryptedField(User, "id_number_enc", "id_number_idx",
                                                 "users.id_number", lambda v: v.strip().upper()))

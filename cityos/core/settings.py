@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Bind port of `cityos serve`")
     environment: str = Field("development", pattern="^(development|demo|test|production)$")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted request body")
+    body_timeout_seconds: float = Field(
+        30, ge=1, le=3600,
+        description="A request body may take this long, plus a second for every KiB received (1 KiB/s "
+                    "on average); a client sending slower is answered 408, so a trickle cannot hold a "
+                    "request open",
+    )
     hub_max_upload_bytes: int = Field(
         1024 * 1024 * 1024, ge=1024,
         description="Largest file a data hub upload accepts (POST /api/hub/resources/{code}/uploads); "
@@ -51,6 +57,25 @@ class Settings(BaseSettings):
     lockout_threshold: int = Field(5, ge=1, description="Failed logins before an account locks")
     lockout_seconds: int = Field(900, ge=1, description="How long a locked account stays locked")
     cookie_secure: bool = Field(False, description="Send cookies only over HTTPS (set behind TLS)")
+    rate_limit_enabled: bool = Field(True, description="Rate limits (限流) on sign-in and the public APIs; "
+                                     "false turns every one off")
+    rate_limit_login: str = Field("10/minute", description="Sign-in attempts (token, console form) and "
+                                  "failed credentials per client address; 'off' for none")
+    rate_limit_anonymous: str = Field("600/minute", description="API requests without credentials per client "
+                                      "address (/api, CKAN, /ogc, /sta, /open311, /data); 'off' for none")
+    rate_limit_key: str = Field("6000/minute", description="API requests per API key, bearer token or "
+                                "session; 'off' for none. Device ingest is never limited here")
+    rate_limit_storage: str = Field("memory://", description="Where the counts live: memory:// (one worker) "
+                                    "or any `limits` storage URI, e.g. redis://127.0.0.1:6379, shared by "
+                                    "workers")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks of reverse proxies whose X-Forwarded-For is believed, e.g. "
+                    '["127.0.0.1", "10.0.0.0/8"]; from anyone else the socket peer is the client',
+    )
+    statement_timeout_ms: int = Field(30_000, ge=0, description="PostgreSQL cancels a statement of an API "
+                                      "request after this long (answered 503); 0: no limit. Background jobs "
+                                      "and the CLI are not limited")
     default_language: str = Field("zh-CN", pattern="^(zh-CN|en)$")
     demo_password: str = Field("cityos-demo", min_length=8)
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
@@ -121,6 +146,44 @@ class Settings(BaseSettings):
         if not value.startswith(("mqtt://", "tcp://", "mqtts://", "ssl://")):
             raise ValueError("must look like mqtt://host:1883 (or mqtts:// for TLS)")
         return value.strip()
+
+    @field_validator("rate_limit_login", "rate_limit_anonymous", "rate_limit_key")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse_many
+
+        value = value.strip()
+        if value.lower() == "off":
+            return "off"
+        try:
+            one = len(parse_many(value)) == 1
+        except ValueError:
+            one = False
+        if not one:
+            raise ValueError("must be one rate like 10/minute or 600 per hour, or off")
+        return value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _rate_storage(cls, value: str) -> str:
+        from limits.storage import SCHEMES
+
+        scheme = value.strip().split("://", 1)[0]
+        if "://" not in value or (scheme not in SCHEMES and f"async+{scheme}" not in SCHEMES):
+            raise ValueError("must be a `limits` storage URI, e.g. memory:// or redis://host:6379")
+        return value.strip()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an address or network, e.g. 10.0.0.0/8") from None
+        return [item.strip() for item in value]
 
     @field_validator("secret_key")
     @classmethod

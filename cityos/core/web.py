@@ -6,6 +6,7 @@ here opens a database or reads settings at import time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -13,7 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -25,13 +26,14 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import cityos
-from cityos.core import access, audit, auth, crypto, db, i18n
+from cityos.core import access, audit, auth, crypto, db, i18n, ratelimit
 from cityos.core.access import ANONYMOUS, Actor
 from cityos.core.errors import CityOSError, FieldError, Invalid, TooLarge, Unauthorized
 from cityos.core.settings import Settings
@@ -67,7 +69,9 @@ def platform_of(request: Request) -> Platform:
 def get_session(request: Request) -> Iterator[Session]:
     """A session per request. Routes that write call `session.commit()` before answering, so a
     2xx is only sent for what is durable; anything uncommitted is rolled back here."""
-    session = platform_of(request).sessions()
+    platform = platform_of(request)
+    session = platform.sessions()
+    db.bound_statements(session, platform.settings.statement_timeout_ms)
     try:
         yield session
     finally:
@@ -131,6 +135,18 @@ async def get_actor(
 
 
 ActorDep = Annotated[Actor, Depends(get_actor)]
+
+
+async def signed_in(actor: ActorDep) -> Actor:
+    """Who sent this request, who must be signed in: a private route refuses an anonymous caller
+    (401) before it looks anything up or validates the body, so it tells a stranger nothing —
+    not even whether an object exists or what a body must look like."""
+    if not actor.authenticated:
+        raise Unauthorized()
+    return actor
+
+
+SignedInDep = Annotated[Actor, Depends(signed_in)]
 
 
 def language(request: Request) -> str:
@@ -248,6 +264,23 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                    headers=getattr(exc, "headers", None))
 
 
+async def _db_error(request: Request, exc: Exception) -> Response:
+    """A statement cancelled by the request's statement_timeout is 503, not a crash or a hang; so
+    is a database that is away (restarting): the pool reconnects by itself once it is back."""
+    if db.is_unavailable(exc):
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                    str(getattr(exc, "orig", exc)).partition("\n")[0][:200])
+        return problem(request, 503, "Service unavailable", "the database is unavailable; retry in a "
+                       "moment / 数据库暂时不可用，请稍后重试", "unavailable", headers={"Retry-After": "5"})
+    if not db.is_timeout(exc):
+        return await _crash(request, exc)
+    seconds = platform_of(request).settings.statement_timeout_ms / 1000
+    log.warning("statement timeout on %s %s", request.method, request.url.path)
+    return problem(request, 503, "Service unavailable",
+                   f"the database took longer than {seconds:g} s and the query was cancelled; nothing was "
+                   f"changed / 数据库查询超时，已取消，未做任何更改", "timeout", headers={"Retry-After": "5"})
+
+
 async def _crash(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(request, 500, "Internal error", "the server failed; nothing was changed / 服务器错误",
@@ -292,14 +325,21 @@ def answering_errors_with(answer: Callable[[Request, CityOSError], Awaitable[Res
 # -- middleware -------------------------------------------------------------------------------
 
 
+MIN_BODY_RATE = 1024  # bytes a second a request body must average once its grace is over
+
+
 class BodyLimit:
-    """Refuse request bodies over the configured limit, by header or while streaming (413).
+    """Refuse request bodies over the configured limit, by header or while streaming (413), and bodies
+    that come too slowly (408): after `grace` seconds a body must keep arriving at MIN_BODY_RATE on
+    average, so a client trickling a byte at a time cannot hold a request open for ever (uvicorn
+    itself waits as long as the client likes).
 
     `paths` gives a few routes their own limit (`{path regex: bytes}`, e.g. the data hub's file
     uploads), so one large-file endpoint does not raise the limit of every other one."""
 
-    def __init__(self, app: ASGIApp, limit: int, paths: dict[str, int] | None = None) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, paths: dict[str, int] | None = None,
+                 grace: float = 30.0) -> None:
+        self.app, self.limit, self.grace = app, limit, grace
         self.paths = [(re.compile(p), n) for p, n in (paths or {}).items()]
 
     def limit_for(self, path: str) -> int:
@@ -317,13 +357,24 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > limit:
             await self._refuse(scope, send, limit)
             return
-        seen = 0
+        # Only a body is timed: a GET's stream (server-sent events) waits for a disconnect for hours.
+        has_body = (length is not None and length != b"0") or b"transfer-encoding" in dict(scope["headers"])
+        seen, started, complete = 0, asyncio.get_running_loop().time(), not has_body
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # the body is in; what follows is waiting for a disconnect
+                return await receive()
+            try:
+                async with asyncio.timeout_at(started + self.grace + seen / MIN_BODY_RATE):
+                    message = await receive()
+            except TimeoutError:
+                raise CityOSError(f"the request body came slower than {MIN_BODY_RATE // 1024} KiB/s / "
+                                  "请求体发送过慢", status=408, title="Request timeout",
+                                  type_slug="request-timeout") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > limit:
                     raise TooLarge(limit)
             return message
@@ -340,6 +391,42 @@ class BodyLimit:
                     "headers": [(b"content-type", PROBLEM.encode()),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+class RefuseNul:
+    """Refuse a NUL character anywhere in the URL (400, naming the parameter) before any route sees
+    it: no name, code or search term holds one, SQLite cuts a value short at it (a search for
+    "x%00' OR 1=1" finds every "x") and PostgreSQL refuses such text outright (a 500)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        field = self.nul_in(scope) if scope["type"] == "http" else None
+        if field is None:
+            await self.app(scope, receive, send)
+            return
+        reason = "a NUL character (%00) is not allowed / 不允许包含空字符"
+        body = orjson.dumps({"type": "/problems/bad-request", "title": "Bad request", "status": 400,
+                             "detail": f"{field}: {reason}", "instance": scope["path"].replace("\x00", ""),
+                             "errors": [{"field": field, "reason": reason}]})
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", PROBLEM.encode()),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def nul_in(scope: Scope) -> str | None:
+        """The parameter holding a NUL ("path" for the path), or None."""
+        if "\x00" in scope["path"]:
+            return "path"
+        raw: bytes = scope.get("query_string", b"")
+        if b"%00" not in raw and b"\x00" not in raw:
+            return None
+        for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in key or "\x00" in value:
+                return key.replace("\x00", "") or "query"
+        return None  # only an escaped "%2500", which is no NUL
 
 
 CSP = (
@@ -427,11 +514,15 @@ def build_app(
     app.add_exception_handler(CityOSError, _cityos_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DBAPIError, _db_error)
     app.add_exception_handler(Exception, _crash)
+    if settings.rate_limit_enabled:  # inside SecurityHeaders, so a 429 has them too
+        app.add_middleware(ratelimit.RateLimit, settings=settings)
+    app.add_middleware(RefuseNul)  # inside SecurityHeaders, so its 400 has them too
     app.add_middleware(SecurityHeaders)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
                        paths={UPLOAD_PATH: settings.hub_max_upload_bytes,
-                              CASE_REPORT_PATH: CASE_REPORT_BYTES})
+                              CASE_REPORT_PATH: CASE_REPORT_BYTES}, grace=settings.body_timeout_seconds)
     app.add_middleware(AccessLog)
 
     static = HERE / "static"

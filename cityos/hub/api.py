@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Query, Response
 
-from cityos.core.service import MAX_PAGE
-from cityos.core.web import ActorDep, SessionDep
+from cityos.core.service import MAX_OFFSET, MAX_PAGE
+from cityos.core.web import SessionDep, SignedInDep
 from cityos.hub import service, store
 from cityos.hub.models import NegativeEntry, Version
 from cityos.hub.schemas import (
@@ -27,7 +27,7 @@ from cityos.hub.schemas import (
 
 router = APIRouter(prefix="/api/hub", tags=["hub catalog"])
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size (1-500)")]
-Offset = Annotated[int, Query(ge=0, description="items to skip")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
 Filter = Annotated[str | None, Query(max_length=32)]
 
 
@@ -62,7 +62,7 @@ def vocabulary() -> dict[str, Any]:
 
 @router.get("/resources", summary="Search and browse the catalog (资源目录检索)")
 def resources_list(
-    session: SessionDep, actor: ActorDep, limit: Limit = 50, offset: Offset = 0,
+    session: SessionDep, actor: SignedInDep, limit: Limit = 50, offset: Offset = 0,
     q: Annotated[str | None, Query(max_length=100, description="words in name, abstract or code")] = None,
     category: Filter = None, base_branch: Filter = None, department: Filter = None,
     share_type: Filter = None, open_type: Filter = None, update_cycle: Filter = None,
@@ -74,7 +74,7 @@ def resources_list(
 
 
 @router.post("/resources", response_model=ResourceOut, status_code=201, summary="Catalog a resource (编目)")
-def resources_create(body: ResourceIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def resources_create(body: ResourceIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     spec = body.model_dump(exclude_none=True)
     spec["items"] = [i.model_dump(exclude_none=True) for i in body.items]
     res = service.resource_create(session, actor, spec)
@@ -84,7 +84,7 @@ def resources_create(body: ResourceIn, session: SessionDep, actor: ActorDep) -> 
 
 @router.get("/resources/export", summary="Export the catalog as JSON, CSV or XLSX (目录导出)")
 def resources_export(
-    session: SessionDep, actor: ActorDep,
+    session: SessionDep, actor: SignedInDep,
     format: Annotated[str, Query(pattern="^(json|csv|xlsx)$")] = "json",
     q: Annotated[str | None, Query(max_length=100)] = None, department: Filter = None,
     category: Filter = None,
@@ -108,37 +108,38 @@ def resources_export(
 
 
 @router.get("/resources/{code}", response_model=ResourceOut)
-def resources_get(code: str, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def resources_get(code: str, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     return service.resource_public(service.resource_get(session, actor, code))
 
 
 @router.patch("/resources/{code}", response_model=ResourceOut)
-def resources_update(code: str, body: ResourcePatch, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def resources_update(code: str, body: ResourcePatch, session: SessionDep,
+                     actor: SignedInDep) -> dict[str, Any]:
     res = service.resource_update(session, actor, code, body.model_dump(exclude_unset=True))
     session.commit()
     return service.resource_public(res)
 
 
 @router.get("/resources/{code}/versions", summary="Load history (版本历史)")
-def versions_list(code: str, session: SessionDep, actor: ActorDep, limit: Limit = 50,
+def versions_list(code: str, session: SessionDep, actor: SignedInDep, limit: Limit = 50,
                   offset: Offset = 0) -> dict[str, Any]:
     return page_of(service.version_list(session, actor, code, limit=limit, offset=offset), version_out)
 
 
 @router.get("/resources/{code}/quality", response_model=QualityOut, summary="Quality score (数据质量)")
-def resources_quality(code: str, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def resources_quality(code: str, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     return service.quality(session, actor, code).as_dict()
 
 
 @router.get("/negative-list", summary="What is not shared, and why (负面清单)")
-def negative_list(session: SessionDep, actor: ActorDep, department: Filter = None, limit: Limit = 50,
+def negative_list(session: SessionDep, actor: SignedInDep, department: Filter = None, limit: Limit = 50,
                   offset: Offset = 0) -> dict[str, Any]:
     return page_of(service.negative_list(session, actor, department=department, limit=limit,
                                          offset=offset), negative_out)
 
 
 @router.post("/negative-list", response_model=NegativeOut, status_code=201)
-def negative_add(body: NegativeIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def negative_add(body: NegativeIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     entry = service.negative_add(session, actor, **body.model_dump())
     session.commit()
     session.refresh(entry, ["department"])

@@ -10,7 +10,9 @@ memory: a restart forgets them, while the versions they made stay in the databas
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
+import os
 import threading
 import uuid
 from collections import OrderedDict
@@ -33,7 +35,7 @@ from cityos.core.access import OWN, SELF, Actor, Target
 from cityos.core.db import utcnow
 from cityos.core.errors import CityOSError, Invalid, NotFound, TooLarge
 from cityos.core.schemas import Strict
-from cityos.core.web import ActorDep, SessionDep, platform_of
+from cityos.core.web import SessionDep, SignedInDep, platform_of
 from cityos.hub import interface, loading, pulls, service, validate
 from cityos.hub.models import Version
 from cityos.hub.schemas import VersionOut
@@ -78,6 +80,7 @@ class Job:
     result: dict[str, Any] | None = None
     error: CityOSError | None = None
     report: validate.ErrorReport | None = None
+    lock: int = -1  # the descriptor holding the file's lock (`claim`), closed when the job ends
 
     def progress(self, bytes_read: int, rows: int) -> None:
         self.bytes_read, self.rows = bytes_read, rows
@@ -145,7 +148,40 @@ def jobs_of(app: FastAPI) -> Jobs:
     with _jobs_lock:
         if getattr(app.state, "hub_jobs", None) is None:
             app.state.hub_jobs = Jobs()
+            sweep(Path(app.state.platform.settings.data_dir) / "uploads")
         return app.state.hub_jobs  # type: ignore[no-any-return]
+
+
+def claim(path: Path) -> int:
+    """Create an upload's file and lock it for as long as this process owns it: the kernel lets
+    go when the process dies, even by kill -9, which is how `sweep` tells what was left behind."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # swept between open and lock: take a fresh file
+
+
+def sweep(folder: Path) -> None:
+    """Remove the files of uploads whose process died before loading them (a restart forgets its
+    jobs, and nothing else would): no live process, this one or another worker, holds their lock."""
+    for path in folder.glob("upload-*"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)
+            log.warning("removed %s, left by an upload whose server stopped before loading it", path.name)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def run_job(job: Job, sessions: Any) -> None:
@@ -179,6 +215,9 @@ def run_job(job: Job, sessions: Any) -> None:
         job.bytes_read = max(job.bytes_read, job.total_bytes if job.state == "done" else 0)
         job.finished_at = utcnow()
         job.path.unlink(missing_ok=True)
+        if job.lock >= 0:
+            os.close(job.lock)
+            job.lock = -1
 
 
 def job_for(request: Request, actor: Actor, job_id: str) -> Job:
@@ -318,7 +357,7 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 @router.post("/resources/{code}/uploads", status_code=202, openapi_extra=UPLOAD_BODY,
              summary="Upload a file of rows (上传导入); 202 with the job to poll, or 201 with ?wait=true")
 async def upload_create(
-    code: str, request: Request, session: SessionDep, actor: ActorDep,
+    code: str, request: Request, session: SessionDep, actor: SignedInDep,
     wait: Annotated[bool, Query(description="load before answering (201 with the result)")] = False,
 ) -> Response:
     platform = platform_of(request)
@@ -329,6 +368,7 @@ async def upload_create(
     folder.mkdir(parents=True, exist_ok=True)
     job_id = uuid.uuid4().hex
     path = folder / f"upload-{job_id}"
+    lock = claim(path)
     try:
         upload = await _receive(request, path, platform.settings.hub_max_upload_bytes)
         mode = upload.fields.get("mode") or "replace"
@@ -336,9 +376,10 @@ async def upload_create(
             raise Invalid("mode", "mode must be replace or upsert / 模式须为 replace 或 upsert")
         job = Job(job_id, code, actor, upload.filename or "upload", _format_of(upload), mode,
                   _flag(upload.fields.get("keep_valid")), upload.fields.get("encoding") or None,
-                  path, upload.size, titles=titles)
+                  path, upload.size, titles=titles, lock=lock)
     except BaseException:
         path.unlink(missing_ok=True)
+        os.close(lock)
         raise
     jobs = jobs_of(request.app)
     jobs.add(job)
@@ -361,12 +402,12 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None,
 
 
 @router.get("/uploads/{job_id}", summary="An upload's progress, and its result or problem")
-def upload_get(job_id: str, request: Request, actor: ActorDep) -> Response:
+def upload_get(job_id: str, request: Request, actor: SignedInDep) -> Response:
     return _json(job_for(request, actor, job_id).public())
 
 
 @router.get("/uploads/{job_id}/errors.csv", summary="The upload's full row error report (CSV)")
-def upload_errors(job_id: str, request: Request, actor: ActorDep) -> Response:
+def upload_errors(job_id: str, request: Request, actor: SignedInDep) -> Response:
     job = job_for(request, actor, job_id)
     report = job.report or validate.ErrorReport()
     return Response(report.to_csv(job.titles), media_type="text/csv; charset=utf-8", headers={
@@ -388,7 +429,7 @@ class PushIn(Strict):
 
 @router.post("/resources/{code}/rows", summary="Push rows: batch upsert by key, idempotent (数据推送)")
 def rows_push(
-    code: str, body: PushIn, session: SessionDep, actor: ActorDep,
+    code: str, body: PushIn, session: SessionDep, actor: SignedInDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=128)] = None,
 ) -> dict[str, Any]:
     key = idempotency_key or body.request_key
@@ -401,14 +442,14 @@ def rows_push(
 
 
 @router.get("/resources/{code}/schema", summary="JSON Schema of the push body (城市标准数据接口)")
-def resource_schema(code: str, session: SessionDep, actor: ActorDep) -> Response:
+def resource_schema(code: str, session: SessionDep, actor: SignedInDep) -> Response:
     res = service.resource_get(session, actor, code)
     return _json(interface.push_schema(res), media_type="application/schema+json")
 
 
 @router.get("/resources/{code}/versions/diff", summary="What changed between two versions (版本比对)")
 def versions_diff(
-    code: str, session: SessionDep, actor: ActorDep,
+    code: str, session: SessionDep, actor: SignedInDep,
     from_: Annotated[int, Query(alias="from", ge=0)], to: Annotated[int, Query(ge=0)],
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> Response:
@@ -426,7 +467,7 @@ def version_out(v: Version) -> dict[str, Any]:
 
 @router.post("/resources/{code}/rollback", status_code=201, response_model=VersionOut,
              summary="Make an earlier version current again, as a new version (回滚)")
-def versions_rollback(code: str, body: RollbackIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def versions_rollback(code: str, body: RollbackIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     version = loading.rollback(session, actor, code, body.to_version, note=body.note)
     session.commit()
     return version_out(version)
@@ -443,19 +484,19 @@ class PullIn(Strict):
 
 
 @router.post("/resources/{code}/pulls", status_code=201, summary="Schedule a pull from a URL (定时采集)")
-def pulls_create(code: str, body: PullIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def pulls_create(code: str, body: PullIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     pull = pulls.pull_create(session, actor, code, **body.model_dump())
     session.commit()
     return pulls.pull_public(pull, code)
 
 
 @router.get("/resources/{code}/pulls", summary="A resource's scheduled pulls")
-def pulls_list(code: str, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def pulls_list(code: str, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     return {"items": [pulls.pull_public(p, code) for p in pulls.pull_list(session, actor, code)]}
 
 
 @router.delete("/pulls/{pull_id}", status_code=204, summary="Remove a scheduled pull")
-def pulls_delete(pull_id: int, session: SessionDep, actor: ActorDep) -> Response:
+def pulls_delete(pull_id: int, session: SessionDep, actor: SignedInDep) -> Response:
     pulls.pull_delete(session, actor, pull_id)
     session.commit()
     return Response(status_code=204)

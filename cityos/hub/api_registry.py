@@ -15,7 +15,7 @@ from cityos.core.api import Limit, Offset, page_of
 from cityos.core.errors import NotFound
 from cityos.core.identifiers import mask_citizen_id
 from cityos.core.schemas import Page
-from cityos.core.web import ActorDep, SessionDep
+from cityos.core.web import ActorDep, SessionDep, SignedInDep
 from cityos.hub import discrepancies, licences, registries, stats
 from cityos.hub.schemas_registry import (
     CrosscheckIn,
@@ -41,7 +41,7 @@ LicenceNo = Annotated[str, Path(min_length=4, max_length=64, pattern=r"^[0-9A-Za
 
 @router.post("/registries/population/lookup", response_model=RecordOut,
              summary="Find a person by ID number (in the body, never the URL); audited with the purpose")
-def person_lookup(body: PersonLookupIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def person_lookup(body: PersonLookupIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     record = registries.person_lookup(session, actor, body.id_number, purpose=body.purpose)
     session.commit()  # the lookup is audited, found or not
     if record is None:
@@ -52,7 +52,8 @@ def person_lookup(body: PersonLookupIn, session: SessionDep, actor: ActorDep) ->
 
 @router.patch("/registries/{code}/records", response_model=RecordWriteOut,
               summary="Write items of one record; each item only by its authoritative department")
-def registry_write(code: Code, body: RecordWriteIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def registry_write(code: Code, body: RecordWriteIn, session: SessionDep,
+                   actor: SignedInDep) -> dict[str, Any]:
     result = registries.registry_write(session, actor, code, body.key, body.changes, note=body.note)
     res = registries.registry_resource(session, code)
     session.commit()
@@ -62,7 +63,7 @@ def registry_write(code: Code, body: RecordWriteIn, session: SessionDep, actor: 
 
 @router.post("/registries/{code}/crosscheck", response_model=CrosscheckOut,
              summary="Cross-check your records against a registry (多元校核)")
-def crosscheck(code: Code, body: CrosscheckIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def crosscheck(code: Code, body: CrosscheckIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     found = discrepancies.crosscheck(session, actor, code, body.records)
     out = [discrepancies.discrepancy_public(session, actor, d) for d in found]
     session.commit()
@@ -72,7 +73,7 @@ def crosscheck(code: Code, body: CrosscheckIn, session: SessionDep, actor: Actor
 @router.get("/discrepancies", response_model=Page[DiscrepancyOut],
             summary="Discrepancies sent to your department (its inbox) or reported by it")
 def discrepancy_list(
-    session: SessionDep, actor: ActorDep, limit: Limit = 50, offset: Offset = 0,
+    session: SessionDep, actor: SignedInDep, limit: Limit = 50, offset: Offset = 0,
     state: Annotated[str | None, Query(pattern="^(open|confirmed|corrected|rejected)$")] = "open",
 ) -> dict[str, Any]:
     paged = discrepancies.discrepancy_list(session, actor, state=state, limit=limit, offset=offset)
@@ -81,7 +82,7 @@ def discrepancy_list(
 
 @router.post("/discrepancies/{id}/resolve", response_model=DiscrepancyOut,
              summary="Confirm the registry, correct it, or reject the report")
-def discrepancy_resolve(id: int, body: ResolveIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def discrepancy_resolve(id: int, body: ResolveIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     d = discrepancies.discrepancy_resolve(session, actor, id, action=body.action, note=body.note,
                                           value=body.value)
     out = discrepancies.discrepancy_public(session, actor, d)
@@ -91,7 +92,7 @@ def discrepancy_resolve(id: int, body: ResolveIn, session: SessionDep, actor: Ac
 
 @router.post("/licences", response_model=LicenceOut, status_code=201,
              summary="Issue an electronic licence (电子证照) in your department's name")
-def licence_issue(body: LicenceIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def licence_issue(body: LicenceIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     out = licences.licence_issue(session, actor, body.model_dump())
     session.commit()
     return out
@@ -108,7 +109,7 @@ def licence_verify(body: VerifyIn, session: SessionDep, actor: ActorDep) -> dict
 @router.post("/licences/{licence_no}/revoke", response_model=LicenceOut,
              summary="Revoke a licence your department issued (注销)")
 def licence_revoke(licence_no: LicenceNo, body: RevokeIn, session: SessionDep,
-                   actor: ActorDep) -> dict[str, Any]:
+                   actor: SignedInDep) -> dict[str, Any]:
     out = licences.licence_revoke(session, actor, licence_no, body.reason)
     session.commit()
     return out
@@ -116,6 +117,6 @@ def licence_revoke(licence_no: LicenceNo, body: RevokeIn, session: SessionDep,
 
 @router.get("/stats", response_model=FiguresOut,
             summary="Sharing figures per department and city-wide (sharing rate, requests, reads)")
-def figures(session: SessionDep, actor: ActorDep,
+def figures(session: SessionDep, actor: SignedInDep,
             department: Annotated[str | None, Query(max_length=32)] = None) -> dict[str, Any]:
     return stats.figures(session, actor, department=department)

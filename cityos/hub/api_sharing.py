@@ -15,8 +15,8 @@ from urllib.parse import unquote
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from cityos.core.errors import Invalid
-from cityos.core.service import MAX_PAGE
-from cityos.core.web import ActorDep, SessionDep
+from cityos.core.service import MAX_OFFSET, MAX_PAGE
+from cityos.core.web import SessionDep, SignedInDep
 from cityos.hub import sharing, store
 from cityos.hub.exchange import MAX_READ_LIMIT
 from cityos.hub.models import Grant, ShareRequest
@@ -33,7 +33,7 @@ from cityos.hub.schemas_sharing import (
 
 router = APIRouter(prefix="/api/hub", tags=["hub sharing"])
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size (1-500)")]
-Offset = Annotated[int, Query(ge=0, description="items to skip")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
 Box = Annotated[str, Query(pattern="^(incoming|outgoing)$",
                            description="incoming: on my department's resources; outgoing: my department's")]
 RESERVED = {"purpose", "fields", "sort", "limit", "offset", "count", "format", "lang"}
@@ -76,7 +76,7 @@ def _with_grant(session: SessionDep, req: ShareRequest) -> dict[str, Any]:
 
 @router.post("/requests", response_model=RequestOut, status_code=201,
              summary="Ask for a resource (共享申请): granted at once, pending, or refused with the reason")
-def requests_create(body: RequestIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def requests_create(body: RequestIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     req = sharing.request_create(
         session, actor, body.resource, purpose=body.purpose, legal_basis=body.legal_basis,
         fields=body.fields, row_filter=[c.model_dump() for c in body.row_filter],
@@ -87,7 +87,7 @@ def requests_create(body: RequestIn, session: SessionDep, actor: ActorDep) -> di
 
 @router.get("/requests", summary="Requests to (incoming) or from (outgoing) my department")
 def requests_list(
-    session: SessionDep, actor: ActorDep, box: Box = "outgoing",
+    session: SessionDep, actor: SignedInDep, box: Box = "outgoing",
     state: Annotated[str | None, Query(pattern="^(pending|granted|refused|withdrawn)$")] = None,
     overdue: bool | None = None, limit: Limit = 50, offset: Offset = 0,
 ) -> dict[str, Any]:
@@ -98,14 +98,14 @@ def requests_list(
 
 
 @router.get("/requests/{request_id}", response_model=RequestOut)
-def requests_get(request_id: int, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def requests_get(request_id: int, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     return _with_grant(session, sharing.request_get(session, actor, request_id))
 
 
 @router.post("/requests/{request_id}/decision", response_model=RequestOut,
              summary="Approve (possibly narrower) or refuse with a reason (审核)")
 def requests_decide(request_id: int, body: DecisionIn, session: SessionDep,
-                    actor: ActorDep) -> dict[str, Any]:
+                    actor: SignedInDep) -> dict[str, Any]:
     req = sharing.request_decide(
         session, actor, request_id, approve=body.approve, reason=body.reason, fields=body.fields,
         row_filter=None if body.row_filter is None else [c.model_dump() for c in body.row_filter],
@@ -118,7 +118,7 @@ def requests_decide(request_id: int, body: DecisionIn, session: SessionDep,
 
 
 @router.get("/grants", summary="Grants on my department's resources (incoming) or held by it (outgoing)")
-def grants_list(session: SessionDep, actor: ActorDep, box: Box = "outgoing", active: bool | None = None,
+def grants_list(session: SessionDep, actor: SignedInDep, box: Box = "outgoing", active: bool | None = None,
                 limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
     paged = sharing.grant_list(session, actor, box=box, active=active, limit=limit, offset=offset)
     return page_of(paged, grant_out)
@@ -126,7 +126,7 @@ def grants_list(session: SessionDep, actor: ActorDep, box: Box = "outgoing", act
 
 @router.post("/grants/{grant_id}/revoke", response_model=GrantOut,
              summary="Revoke a grant (撤销授权); the grantee's next read is refused")
-def grants_revoke(grant_id: int, body: RevokeIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def grants_revoke(grant_id: int, body: RevokeIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     grant = sharing.grant_revoke(session, actor, grant_id, body.reason)
     session.commit()
     return grant_out(grant)
@@ -135,7 +135,7 @@ def grants_revoke(grant_id: int, body: RevokeIn, session: SessionDep, actor: Act
 @router.post("/grants/{grant_id}/subscriptions", response_model=SubscriptionOut, status_code=201,
              summary="Subscribe a webhook to the resource's changes; the signing secret is shown once")
 def subscriptions_create(grant_id: int, body: SubscriptionIn, session: SessionDep,
-                         actor: ActorDep) -> dict[str, Any]:
+                         actor: SignedInDep) -> dict[str, Any]:
     secret, sub = sharing.subscription_create(session, actor, grant_id, body.url)
     session.commit()
     return {"id": sub.id, "grant_id": sub.grant_id, "url": sub.url, "active": sub.active,
@@ -175,14 +175,14 @@ def _sort(text: str | None) -> list[tuple[str, bool]]:
                 "the body's SHA-256) and `X-Audit-Record` (the hash of its audit record).",
 )
 def rows_read(
-    code: str, request: Request, session: SessionDep, actor: ActorDep,
+    code: str, request: Request, session: SessionDep, actor: SignedInDep,
     purpose: Annotated[str | None, Query(max_length=500, description="why you read (用途); required")] = None,
     x_purpose: Annotated[str | None, Header(max_length=1500,
                                             description="or here, percent-encoded UTF-8")] = None,
     fields: Annotated[str | None, Query(max_length=4000, description="items, e.g. name,district")] = None,
     sort: Annotated[str | None, Query(max_length=500, description="e.g. district,-birth_date")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_READ_LIMIT)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     count: Annotated[bool, Query(description="include the total")] = False,
     format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
 ) -> Response:

@@ -222,7 +222,7 @@ def resource_data(request: Request, session: SessionDep, actor: ConsoleActor, co
 def resource_rollback(session: SessionDep, actor: ConsoleActor, code: str,
                       to_version: FormStr = "", note: FormStr = "") -> Response:
     """Make an earlier version current again (回滚), as a new version."""
-    if not to_version.isdigit():
+    if not to_version.isdecimal():
         raise Invalid("to_version", "a version number / 须为版本号")
     version = loading.rollback(session, actor, code, int(to_version), note=note.strip() or None)
     session.commit()
@@ -238,7 +238,7 @@ def resource_diff(request: Request, session: SessionDep, actor: ConsoleActor, co
     start, end = start[:12], end[:12]
     diff, errors = None, {}
     try:
-        if not (start.isdigit() and end.isdigit()):
+        if not (start.isdecimal() and end.isdecimal()):
             raise Invalid("from", "two version numbers / 须给出两个版本号")
         diff = loading.version_diff(session, actor, code, int(start), int(end))
     except Invalid as exc:

@@ -27,6 +27,8 @@ _CHUNK = 1 << 18  # what the text layer decodes at a time
 _SNIFF = 1 << 20  # what encoding detection looks at before the rows start
 _NON_ASCII = re.compile(rb"[\x80-\xff]")
 _ENCODING_LABEL = {"utf-8": "UTF-8", "gb18030": "GBK/GB18030"}
+XLSX_MAX_RATIO = 100  # inflated / packed size of a workbook's parts, above XLSX_FREE_BYTES
+XLSX_FREE_BYTES = 100 << 20  # so many inflated bytes pass whatever the ratio
 
 
 class ParseError(BadRequest):
@@ -221,6 +223,15 @@ def _guess(data: bytes) -> str:
     return "utf-8"
 
 
+def _ascii_compatible(codec: str) -> bool:
+    """A text encoding that writes ASCII as ASCII, as the csv module needs (not UTF-16 or base64)."""
+    probe = ',"\r\n0aZ'
+    try:
+        return probe.encode(codec) == probe.encode("ascii")
+    except (LookupError, UnicodeError):
+        return False
+
+
 def _sniff(source: BinaryIO, encoding: str | None) -> tuple[str, bytes, int]:
     """Return the codec, the bytes read ahead (to replay) and the length of a skipped BOM."""
     head = _read_full(source, _SNIFF)
@@ -234,16 +245,23 @@ def _sniff(source: BinaryIO, encoding: str | None) -> tuple[str, bytes, int]:
             name = codecs.lookup(encoding).name
         except LookupError:
             raise ParseError(None, f"unknown encoding {encoding!r}", "未知的编码") from None
+        if not _ascii_compatible(name):  # UTF-16, base64, rot13 ... would fail deep in the reader
+            raise ParseError(None, f"encoding {encoding[:40]!r} cannot be read as CSV text — use UTF-8 or GBK",
+                             "该编码无法读取CSV，请使用UTF-8或GBK编码")
         return {"utf-8-sig": "utf-8", "gbk": "gb18030", "gb2312": "gb18030"}.get(name, name), head, skipped
-    if skipped or not head.isascii():
-        return ("utf-8" if skipped else _guess(head)), head, skipped
+    if skipped:
+        return "utf-8", head, skipped
+    if not head.isascii():
+        if len(head) == _SNIFF:  # the first non-ASCII character may be cut at the end: complete it
+            head += _read_full(source, 3)
+        return _guess(head), head, skipped
     if len(head) == _SNIFF and _seekable(source):
         # All ASCII so far: look further for the first non-ASCII byte, then come back.
         at = source.tell()
         try:
             while chunk := source.read(_SNIFF):
                 if not chunk.isascii():
-                    return _guess(chunk), head, skipped
+                    return _guess(chunk + _read_full(source, 3)), head, skipped
         finally:
             source.seek(at)
     return "utf-8", head, skipped
@@ -309,6 +327,28 @@ def _csv_rows(
 # -- XLSX ------------------------------------------------------------------------------------------
 
 
+def _refuse_zip_bomb(source: BinaryIO, at: int) -> None:
+    """Refuse a workbook whose parts inflate far beyond any spreadsheet's (a zip bomb), by the sizes
+    its directory declares: zipfile stops at a member's declared size, so a lie only cuts it short.
+    A sheet's XML packs 5-20 to 1; one long run of a single letter packs 1000 to 1 and would become
+    one cell of a gigabyte in memory."""
+    import zipfile
+
+    size = source.seek(0, io.SEEK_END) - at
+    source.seek(at)
+    try:
+        with zipfile.ZipFile(source) as archive:
+            inflated = sum(i.file_size for i in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        inflated = 0  # not a zip at all: openpyxl says so below
+    finally:
+        source.seek(at)
+    if inflated > max(XLSX_FREE_BYTES, XLSX_MAX_RATIO * size):
+        ratio = inflated // max(size, 1)
+        raise ParseError(None, f"the workbook unpacks to {inflated:,} bytes, {ratio:,} times its size: "
+                               "not a spreadsheet (a zip bomb?)", "工作簿解压后异常庞大，疑似压缩炸弹")
+
+
 def _open_xlsx(source: BinaryIO, total_bytes: int | None) -> TableReader:
     import openpyxl  # type: ignore[import-untyped, unused-ignore]  # imported by XLSX loads only
 
@@ -320,6 +360,7 @@ def _open_xlsx(source: BinaryIO, total_bytes: int | None) -> TableReader:
     if magic.startswith(b"\xd0\xcf\x11\xe0"):
         raise ParseError(None, "old Excel .xls format — save the file as .xlsx or CSV",
                          "不支持旧版.xls格式，请另存为.xlsx或CSV")
+    _refuse_zip_bomb(source, at)
     try:
         book = openpyxl.load_workbook(source, read_only=True, data_only=True)
         sheet = book.worksheets[0]

@@ -38,6 +38,7 @@ from sqlalchemy import (
     and_,
     delete,
     exists,
+    false,
     func,
     insert,
     literal,
@@ -334,6 +335,10 @@ class Writer:
         self.direct = empty
         self.target = layout.table
         if not empty:
+            if conn.dialect.name == "sqlite":
+                # pysqlite runs DDL outside any transaction until a write has begun one: begin it
+                # with a write that changes nothing, or a crash leaves the staging table behind.
+                conn.execute(delete(layout.table).where(false()))
             meta = MetaData()
             self.stage = Table(f"{layout.table.name}_stage", meta,
                                *[c for c in _columns(layout.fields, history=False) if c.name != "_row"])

@@ -285,7 +285,10 @@ def _datetime(rule: ItemRule) -> Converter:
                 d = dt.datetime.fromisoformat(s)
             except ValueError:
                 d = excel_style(s)
-        return (d if d.tzinfo else d.replace(tzinfo=CITY_TZ)).astimezone(dt.UTC)
+        try:
+            return (d if d.tzinfo else d.replace(tzinfo=CITY_TZ)).astimezone(dt.UTC)
+        except OverflowError:  # 0001-01-01 in the city is still year 0 in UTC
+            raise _fail(rule, "outside the years 1-9999 in UTC", "超出可表示的时间范围", v) from None
 
     def excel_style(s: str) -> dt.datetime:
         try:

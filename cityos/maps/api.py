@@ -14,7 +14,8 @@ from fastapi import APIRouter, Query
 from shapely.geometry.base import BaseGeometry
 
 from cityos.core.errors import FieldError, Invalid
-from cityos.core.web import ActorDep, SessionDep
+from cityos.core.service import MAX_OFFSET
+from cityos.core.web import ActorDep, SessionDep, SignedInDep
 from cityos.maps import service
 from cityos.maps.schemas import (
     FeatureCollectionIn,
@@ -29,7 +30,7 @@ from cityos.maps.store import StoredFeature
 
 router = APIRouter(prefix="/api/maps", tags=["maps"])
 Limit = Annotated[int, Query(ge=1, le=service.MAX_LIMIT)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
 def feature_out(f: StoredFeature) -> dict[str, Any]:
@@ -114,7 +115,7 @@ def layers_list(session: SessionDep, actor: ActorDep, limit: Limit = 100,
 
 
 @router.post("/layers", status_code=201, summary="Create a layer and its catalog entry (新建图层)")
-def layers_create(body: LayerIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def layers_create(body: LayerIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     spec = body.model_dump(exclude_none=True)
     spec["attributes"] = [a.model_dump(exclude_none=True) for a in body.attributes]
     layer = service.layer_create(session, actor, spec)
@@ -128,14 +129,14 @@ def layers_get(code: str, session: SessionDep, actor: ActorDep) -> dict[str, Any
 
 
 @router.put("/layers/{code}/public", summary="Open a layer to the public, or close it (公开)")
-def layers_public(code: str, body: PublicIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def layers_public(code: str, body: PublicIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     layer = service.layer_set_public(session, actor, code, body.public)
     session.commit()
     return service.layer_public(layer)
 
 
 @router.post("/layers/{code}/features", summary="Write features from GeoJSON, all or nothing (要素入库)")
-def features_write(code: str, body: FeatureCollectionIn, session: SessionDep, actor: ActorDep,
+def features_write(code: str, body: FeatureCollectionIn, session: SessionDep, actor: SignedInDep,
                    mode: Annotated[str, Query(pattern="^(replace|append)$")] = "replace") -> dict[str, Any]:
     result = service.features_write(session, actor, code, _features_in(body), mode=mode)
     session.commit()
@@ -215,7 +216,7 @@ def reference_list(session: SessionDep) -> dict[str, Any]:
 
 
 @router.put("/reference/{role}", summary="Set a reference layer (platform admins)")
-def reference_set(role: str, body: ReferenceIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def reference_set(role: str, body: ReferenceIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     service.reference_set(session, actor, role, body.layer, body.attribute)
     session.commit()
     return {"role": role, "layer": body.layer, "attribute": body.attribute}

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import Field
 
 from cityos.core.schemas import Strict
-from cityos.core.web import ActorDep, SessionDep
+from cityos.core.web import ActorDep, SessionDep, SignedInDep
 from cityos.maps import pipes_service
 from cityos.maps.api import geometry_in
 
@@ -40,7 +40,7 @@ def networks_list(session: SessionDep, actor: ActorDep) -> dict[str, Any]:
 
 
 @router.post("/dig-check", summary="Pipes within a distance, with depths (开挖前查询)")
-def dig_check(body: DigIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def dig_check(body: DigIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     found = pipes_service.dig_check(session, actor, geometry_in(body.geometry), body.metres, body.kinds,
                                     purpose=body.purpose)
     session.commit()  # shared reads leave their audit records
@@ -48,19 +48,20 @@ def dig_check(body: DigIn, session: SessionDep, actor: ActorDep) -> dict[str, An
 
 
 @router.get("/{code}", summary="A network's layers (管网图层)")
-def network_get(code: str, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def network_get(code: str, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     return pipes_service.network_get(session, actor, code)
 
 
 @router.post("/{code}/burst", summary="Burst analysis: valves to close, who loses supply (爆管分析)")
-def burst(code: str, body: BurstIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def burst(code: str, body: BurstIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     result = pipes_service.burst(session, actor, code, body.pipe_id, body.at, purpose=body.purpose)
     session.commit()  # the analysis is audited
     return result
 
 
 @router.get("/{code}/check", summary="Topology check (拓扑检查)")
-def network_check(code: str, session: SessionDep, actor: ActorDep, purpose: Purpose = None) -> dict[str, Any]:
+def network_check(code: str, session: SessionDep, actor: SignedInDep,
+                  purpose: Purpose = None) -> dict[str, Any]:
     found = pipes_service.network_check(session, actor, code, purpose=purpose)
     session.commit()
     return found

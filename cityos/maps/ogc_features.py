@@ -41,6 +41,7 @@ from cityos.core.access import Actor
 from cityos.core.basic_auth import REALM
 from cityos.core.basic_auth import BasicActor as OgcActor
 from cityos.core.errors import CityOSError, Invalid
+from cityos.core.service import MAX_OFFSET
 from cityos.core.web import SessionDep, _audit_denial, answering_errors_with, standard_problem
 from cityos.maps import crs as crs_mod
 from cityos.maps import ogc_html, service, store
@@ -312,6 +313,8 @@ def items(collection_id: str, request: Request, session: SessionDep, actor: OgcA
     q = {name: _single(request, name) for name in request.query_params}
     limit = params.int_param(q.get("limit"), "limit", params.DEFAULT_LIMIT, 1, service.MAX_LIMIT)
     offset = params.int_param(q.get("offset"), "offset", 0, 0)
+    if offset > MAX_OFFSET:  # a larger one overflows the database's integers
+        raise Invalid("offset", f"at most {MAX_OFFSET} / 不能大于{MAX_OFFSET}")
     target = params.CRS84 if html else params.crs_param(q.get("crs"))
     box = None
     if q.get("bbox"):

@@ -61,8 +61,9 @@ def layer_views(session: Session, layers: list[Layer], lang: str, *, console: bo
     """What the map needs of each layer: how to fetch, draw and label it, and whether it is on."""
     roles = {code: role for role, (code, _attr) in service.reference_layers(session).items()}
     out = []
+    keywords = hub.keywords_by_code(session, [la.resource_code for la in layers])
     for la in layers:
-        tags = list(hub.resource_by_code(session, la.resource_code).keywords or [])
+        tags = keywords.get(la.resource_code, [])
         network = pipes_service.network_of(la.code)
         part = la.code.removeprefix(f"{network}-") if network else None
         role = roles.get(la.code)

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from cityos.core import access
 from cityos.core.access import Actor
-from cityos.core.service import MAX_PAGE, Paged
-from cityos.core.web import ActorDep, SessionDep
+from cityos.core.service import MAX_OFFSET, MAX_PAGE, Paged
+from cityos.core.web import ActorDep, SessionDep, SignedInDep
 from cityos.opendata import applications, service, stats
 from cityos.opendata.models import Application, Dataset, PlanEntry, Topic
 from cityos.opendata.schemas import (
@@ -44,7 +44,7 @@ from cityos.opendata.snapshot import Built
 
 router = APIRouter(prefix="/api/opendata", tags=["opendata"])
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size (1-500)")]
-Offset = Annotated[int, Query(ge=0, description="items to skip")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
 Code = Annotated[str | None, Query(max_length=32, description="department code")]
 
 
@@ -141,7 +141,7 @@ def topics_list(session: SessionDep) -> list[dict[str, Any]]:
 
 
 @router.post("/topics", response_model=TopicOut, status_code=201, summary="Define a topic (data office)")
-def topics_create(body: TopicIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def topics_create(body: TopicIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     topic = service.topic_create(session, actor, **body.model_dump())
     session.commit()
     return topic_out(topic)
@@ -152,7 +152,7 @@ def topics_create(body: TopicIn, session: SessionDep, actor: ActorDep) -> dict[s
 
 @router.get("/plan", response_model=PlanPage,
             summary="The opening plan (开放计划), each entry with its status: planned, overdue, published")
-def plan_list(session: SessionDep, actor: ActorDep, department: Code = None, limit: Limit = 50,
+def plan_list(session: SessionDep, actor: SignedInDep, department: Code = None, limit: Limit = 50,
               offset: Offset = 0) -> dict[str, Any]:
     paged = service.plan_list(session, actor, department=department, limit=limit, offset=offset)
     return page_of(paged, lambda e: plan_out(session, e))
@@ -160,7 +160,7 @@ def plan_list(session: SessionDep, actor: ActorDep, department: Code = None, lim
 
 @router.put("/plan/{resource}", response_model=PlanOut,
             summary="Put a resource on the plan, or move its date or level (department admins)")
-def plan_put(resource: str, body: PlanIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def plan_put(resource: str, body: PlanIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     entry = service.plan_add(session, actor, resource=resource, **body.model_dump())
     session.commit()
     session.refresh(entry, ["resource", "department"])
@@ -173,7 +173,7 @@ def plan_put(resource: str, body: PlanIn, session: SessionDep, actor: ActorDep) 
 @router.get("/datasets", response_model=DatasetPage,
             summary="Datasets of the departments one prepares for (all of them for the data office)")
 def datasets_list(
-    session: SessionDep, actor: ActorDep, limit: Limit = 50, offset: Offset = 0, department: Code = None,
+    session: SessionDep, actor: SignedInDep, limit: Limit = 50, offset: Offset = 0, department: Code = None,
     state: Annotated[str | None, Query(pattern="^(draft|submitted|provider_approved|published|refused|"
                                                "withdrawn)$")] = None,
 ) -> dict[str, Any]:
@@ -184,7 +184,7 @@ def datasets_list(
 
 @router.post("/datasets", response_model=DatasetDetail, status_code=201,
              summary="Start a publication (发布申请) from a catalog resource: a draft")
-def datasets_create(body: DatasetIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def datasets_create(body: DatasetIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     ds = service.dataset_draft(session, actor, resource=body.resource, spec=body.spec())
     session.commit()
     return _detail(session, actor, ds)
@@ -198,7 +198,7 @@ def datasets_get(name: str, session: SessionDep, actor: ActorDep) -> dict[str, A
 
 @router.patch("/datasets/{name}", response_model=DatasetDetail,
               summary="Change metadata or rules; changed rules send a dataset under review back to draft")
-def datasets_update(name: str, body: DatasetPatch, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def datasets_update(name: str, body: DatasetPatch, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     ds = service.dataset_update(session, actor, name, body.spec())
     session.commit()
     return _detail(session, actor, ds)
@@ -208,14 +208,14 @@ def datasets_update(name: str, body: DatasetPatch, session: SessionDep, actor: A
              summary="Dry run of the publication check (脱敏与k-匿名检查); writes nothing",
              responses={422: {"description": "a sensitive item has no rule (`rules.<item>`), or "
                                              "quasi-identifier groups are smaller than k"}})
-def datasets_check(name: str, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def datasets_check(name: str, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     ds = service.dataset_get(session, actor, name)
     return check_out(service.publication_check(session, ds))
 
 
 @router.post("/datasets/{name}/submit", response_model=DatasetDetail,
              summary="Submit for review (提交审核): the provider's staff, once the check passes")
-def datasets_submit(name: str, session: SessionDep, actor: ActorDep,
+def datasets_submit(name: str, session: SessionDep, actor: SignedInDep,
                     body: NoteIn | None = None) -> dict[str, Any]:
     ds = service.dataset_submit(session, actor, name, note=body.note if body else None)
     session.commit()
@@ -225,7 +225,7 @@ def datasets_submit(name: str, session: SessionDep, actor: ActorDep,
 @router.post("/datasets/{name}/approve", response_model=DatasetDetail,
              summary="Approve the next step: the provider department's admin, then the data office "
                      "(which publishes)")
-def datasets_approve(name: str, session: SessionDep, actor: ActorDep,
+def datasets_approve(name: str, session: SessionDep, actor: SignedInDep,
                      body: NoteIn | None = None) -> dict[str, Any]:
     ds = service.dataset_approve(session, actor, name, note=body.note if body else None)
     session.commit()
@@ -234,7 +234,7 @@ def datasets_approve(name: str, session: SessionDep, actor: ActorDep,
 
 @router.post("/datasets/{name}/refuse", response_model=DatasetDetail,
              summary="Send a submission back (退回) with the reason")
-def datasets_refuse(name: str, body: ReasonIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def datasets_refuse(name: str, body: ReasonIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     ds = service.dataset_refuse(session, actor, name, body.reason)
     session.commit()
     return _detail(session, actor, ds)
@@ -242,7 +242,7 @@ def datasets_refuse(name: str, body: ReasonIn, session: SessionDep, actor: Actor
 
 @router.post("/datasets/{name}/withdraw", response_model=DatasetDetail,
              summary="Take a published dataset down (撤回) with the reason")
-def datasets_withdraw(name: str, body: ReasonIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def datasets_withdraw(name: str, body: ReasonIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     ds = service.dataset_withdraw(session, actor, name, body.reason)
     session.commit()
     return _detail(session, actor, ds)
@@ -254,7 +254,7 @@ def datasets_withdraw(name: str, body: ReasonIn, session: SessionDep, actor: Act
 @router.get("/applications", response_model=ApplicationPage,
             summary="Applications to decide (one's department's datasets), or one's own with mine=true")
 def applications_list(
-    session: SessionDep, actor: ActorDep, mine: bool = False, limit: Limit = 50, offset: Offset = 0,
+    session: SessionDep, actor: SignedInDep, mine: bool = False, limit: Limit = 50, offset: Offset = 0,
     state: Annotated[str | None, Query(pattern="^(pending|approved|refused)$")] = None,
 ) -> dict[str, Any]:
     paged = applications.application_list(session, actor, state=state, mine=mine, limit=limit,
@@ -264,7 +264,7 @@ def applications_list(
 
 @router.post("/applications", response_model=ApplicationOut, status_code=201,
              summary="Apply for a published conditional dataset (有条件开放申请)")
-def applications_create(body: ApplicationIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def applications_create(body: ApplicationIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     ds = service.published(session, body.dataset)
     app = applications.application_create(session, actor, ds, applicant=body.applicant,
                                           contact=body.contact, purpose=body.purpose,
@@ -276,7 +276,7 @@ def applications_create(body: ApplicationIn, session: SessionDep, actor: ActorDe
 @router.post("/applications/{app_id}/decision", response_model=ApplicationOut,
              summary="Approve (the answer carries the access key, once) or refuse with a reason")
 def applications_decide(app_id: int, body: ApplicationDecisionIn, session: SessionDep,
-                        actor: ActorDep) -> dict[str, Any]:
+                        actor: SignedInDep) -> dict[str, Any]:
     app, key = applications.application_decide(session, actor, app_id, approve=body.approve,
                                                reason=body.reason, valid_days=body.valid_days)
     session.commit()
@@ -285,7 +285,7 @@ def applications_decide(app_id: int, body: ApplicationDecisionIn, session: Sessi
 
 @router.post("/applications/{app_id}/revoke", response_model=RevokedOut,
              summary="Revoke the application's keys (吊销密钥); the next read with them is refused")
-def applications_revoke(app_id: int, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def applications_revoke(app_id: int, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     n = applications.key_revoke(session, actor, app_id)
     session.commit()
     return {"application": app_id, "revoked": n}
@@ -296,5 +296,5 @@ def applications_revoke(app_id: int, session: SessionDep, actor: ActorDep) -> di
 
 @router.get("/stats", response_model=StatsOut, description=stats.__doc__,
             summary="Open-data figures (开放数据统计): open rate against the plan, freshness, usage")
-def stats_get(session: SessionDep, actor: ActorDep, department: Code = None) -> dict[str, Any]:
+def stats_get(session: SessionDep, actor: SignedInDep, department: Code = None) -> dict[str, Any]:
     return stats.figures(session, actor, department=department)

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload, selectinload
 from starlette.concurrency import run_in_threadpool
 
-from cityos.core import access, auth
+from cityos.core import access, auth, db, ratelimit
 from cityos.core.access import ANONYMOUS, Actor
 from cityos.core.errors import CityOSError, Forbidden, Invalid, NotFound, Unauthorized
 from cityos.core.models import Department
@@ -104,6 +104,17 @@ def _answer(status: int, body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status_code=status, media_type=JSON)
 
 
+def _too_many(request: Request, detail: str) -> Response:
+    """A 429 from the rate limiter, in CKAN's error shape."""
+    base = str(request.base_url).rstrip("/")
+    return _answer(429, {"help": f"{base}/api/3/action/help_show", "success": False,
+                         "error": {"__type": "Too Many Requests", "message": detail}})
+
+
+ratelimit.answer_in("/api/3/action/", _too_many)
+ratelimit.answer_in("/api/action/", _too_many)
+
+
 def _error(exc: Exception) -> tuple[int, dict[str, Any]]:
     """CKAN's status and error dict for an exception (the mapping of ckan/views/api.py)."""
     if isinstance(exc, NotFound):
@@ -123,6 +134,8 @@ def _error(exc: Exception) -> tuple[int, dict[str, Any]]:
         return 409, {"__type": "Validation Error", "message": exc.detail, **fields}
     if isinstance(exc, CityOSError):
         return exc.status, {"__type": exc.title, "message": exc.detail}
+    if db.is_timeout(exc):  # the request's statement_timeout
+        return 503, {"__type": "Service Unavailable", "message": "the query took too long / 查询超时"}
     log.exception("CKAN action failed")
     return 500, {"__type": "Internal Server Error", "message": "Internal Server Error / 服务器错误"}
 
@@ -175,8 +188,8 @@ def _load(session: Session, ids: list[int]) -> list[Dataset]:
 @_action
 def package_list(call: Call) -> list[str]:
     """Names of all published datasets, by name (`limit`, `offset`)."""
-    limit = as_int(call.data, "limit", 1 << 30)
-    offset = as_int(call.data, "offset", 0)
+    limit = as_int(call.data, "limit", 1 << 30, cap=1 << 30)  # bounded: larger ones overflow SQL
+    offset = as_int(call.data, "offset", 0, maximum=ckan_query.MAX_START)
     stmt = (select(Dataset.name).where(Dataset.state == "published").order_by(Dataset.name)
             .offset(offset).limit(limit))
     return list(call.session.scalars(stmt))

@@ -435,7 +435,7 @@ def my_applications(request: Request, session: SessionDep, actor: ActorDep, crea
         return to_login(request)
     paged = applications.application_list(session, me, mine=True, limit=100)
     return render(request, "portal/applications.html", actor=me, paged=paged,
-                  created=int(created) if created.isdigit() else None, current="applications",
+                  created=int(created) if created.isdecimal() else None, current="applications",
                   headers=NO_STORE)
 
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from cityos.core.web import ActorDep, SessionDep, platform_of
+from cityos.core.web import ActorDep, SessionDep, SignedInDep, platform_of
 from cityos.ops import live
 from cityos.ops.service import require_read
 
@@ -24,7 +24,7 @@ def screen(request: Request) -> live.Screen:
 
 
 @router.get("/screen", summary="The big screen's current state (大屏快照)")
-async def screen_get(request: Request, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+async def screen_get(request: Request, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     """Tiles by theme (environment, traffic, hotline, alerts, sharing, incidents, warnings...),
     each with its indicators or items, its drill-down link and an error when it has no data."""
 

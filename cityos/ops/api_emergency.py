@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from cityos.core.access import Actor
-from cityos.core.web import ActorDep, SessionDep
+from cityos.core.web import SessionDep, SignedInDep
 from cityos.ops import emergency
 from cityos.ops.models import Incident
 
@@ -91,25 +91,25 @@ def _detail(session: Session, actor: Actor, inc: Incident, *, resources: bool = 
 
 
 @router.get("/incident-types", summary="Kinds of emergency (突发事件类型)")
-def types_list(session: SessionDep, actor: ActorDep) -> list[dict[str, Any]]:
+def types_list(session: SessionDep, actor: SignedInDep) -> list[dict[str, Any]]:
     return [_type_out(t) for t in emergency.incident_types(session, actor)]
 
 
 @router.put("/incident-types/{code}", summary="Create or change a kind of emergency; platform admins")
-def types_put(code: Code, body: IncidentTypeIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def types_put(code: Code, body: IncidentTypeIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     row = emergency.incident_type_upsert(session, actor, {"code": code, **body.model_dump()})
     session.commit()
     return _type_out(row)
 
 
 @router.get("/plans", summary="Response plans (应急预案)")
-def plans_list(session: SessionDep, actor: ActorDep,
+def plans_list(session: SessionDep, actor: SignedInDep,
                incident_type: Annotated[str | None, Query(max_length=64)] = None) -> list[dict[str, Any]]:
     return [emergency.plan_public(session, p) for p in emergency.plan_list(session, actor, incident_type)]
 
 
 @router.put("/plans/{code}", summary="Create or change a response plan (预案维护)")
-def plans_put(code: Code, body: PlanIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def plans_put(code: Code, body: PlanIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     spec = body.model_dump()
     spec["tasks"] = [t.model_dump() for t in body.tasks]
     plan = emergency.plan_upsert(session, actor, {"code": code, **spec})
@@ -118,7 +118,7 @@ def plans_put(code: Code, body: PlanIn, session: SessionDep, actor: ActorDep) ->
 
 
 @router.get("/incidents", summary="Incidents, newest first (突发事件)")
-def incidents_list(session: SessionDep, actor: ActorDep,
+def incidents_list(session: SessionDep, actor: SignedInDep,
                    status: Annotated[str | None, Query(max_length=16, description="active | closed")] = None
                    ) -> list[dict[str, Any]]:
     return [emergency.incident_public(i) for i in emergency.incident_list(session, actor, status or None)]
@@ -126,7 +126,7 @@ def incidents_list(session: SessionDep, actor: ActorDep,
 
 @router.post("/incidents", status_code=201, summary="Open an incident (接报立案)")
 def incidents_open(body: IncidentIn, response: Response, session: SessionDep,
-                   actor: ActorDep) -> dict[str, Any]:
+                   actor: SignedInDep) -> dict[str, Any]:
     inc = emergency.incident_open(session, actor, type_code=body.type, level=body.level, title=body.title,
                                   description=body.description, lon=body.lon, lat=body.lat,
                                   district=body.district, department=body.department)
@@ -136,41 +136,42 @@ def incidents_open(body: IncidentIn, response: Response, session: SessionDep,
 
 
 @router.get("/incidents/{number}", summary="An incident with its tasks, resources near it and its timeline")
-def incidents_get(number: Number, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def incidents_get(number: Number, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     return _detail(session, actor, emergency.incident_get(session, actor, number))
 
 
 @router.get("/incidents/{number}/resources", summary="Resources near the incident, nearest first (周边资源)")
-def incidents_resources(number: Number, session: SessionDep, actor: ActorDep,
+def incidents_resources(number: Number, session: SessionDep, actor: SignedInDep,
                         radius_m: Annotated[float, Query(description="metres")] = 3000,
-                        limit: Annotated[int, Query()] = 50) -> list[dict[str, Any]]:
+                        limit: Annotated[int, Query(ge=1, le=emergency.MAX_RESOURCES)] = 50,
+                        ) -> list[dict[str, Any]]:
     return emergency.resources_near(session, actor, number, radius_m, limit)
 
 
 @router.post("/incidents/{number}/activate", summary="Activate a response plan (启动预案)")
 def incidents_activate(number: Number, body: ActivateIn, session: SessionDep,
-                       actor: ActorDep) -> dict[str, Any]:
+                       actor: SignedInDep) -> dict[str, Any]:
     emergency.plan_activate(session, actor, number, body.plan)
     session.commit()
     return _detail(session, actor, emergency.incident_get(session, actor, number), resources=False)
 
 
 @router.post("/incidents/{number}/level", summary="Change the response level (调整响应级别)")
-def incidents_level(number: Number, body: LevelIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def incidents_level(number: Number, body: LevelIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     inc = emergency.incident_level(session, actor, number, body.level, body.note)
     session.commit()
     return emergency.incident_public(inc)
 
 
 @router.post("/incidents/{number}/notes", status_code=201, summary="Add to the timeline (处置记录)")
-def incidents_note(number: Number, body: NoteIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def incidents_note(number: Number, body: NoteIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     ev = emergency.incident_note(session, actor, number, body.note)
     session.commit()
     return emergency.event_public(ev)
 
 
 @router.post("/incidents/{number}/close", summary="End the response with the close-out report (总结报告)")
-def incidents_close(number: Number, body: CloseIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def incidents_close(number: Number, body: CloseIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     report = emergency.incident_close(session, actor, number, body.summary)
     session.commit()
     return {**emergency.incident_public(emergency.incident_get(session, actor, number)), "report": report}

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from cityos.core import access
 from cityos.core.errors import Invalid
-from cityos.core.web import ActorDep, SessionDep
+from cityos.core.web import SessionDep, SignedInDep
 from cityos.ops import indicators as ind
 from cityos.ops import warnings as warn
 from cityos.ops.models import WarningRule
@@ -33,18 +33,18 @@ def _when(value: str | None, field: str) -> dt.datetime | None:
 
 
 @router.get("/indicators", summary="Vital-sign indicators (运行体征指标)")
-def indicators_list(session: SessionDep, actor: ActorDep,
+def indicators_list(session: SessionDep, actor: SignedInDep,
                     theme: Annotated[str | None, Query(max_length=32)] = None) -> list[dict[str, Any]]:
     return [ind.indicator_public(i) for i in ind.indicator_list(session, actor, theme)]
 
 
 @router.get("/indicators/{code}", summary="One indicator (指标)")
-def indicators_get(code: Code, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def indicators_get(code: Code, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     return ind.indicator_public(ind.indicator_get(session, actor, code))
 
 
 @router.put("/indicators/{code}", summary="Create or replace an indicator (指标维护); ops.write")
-def indicators_put(code: Code, session: SessionDep, actor: ActorDep,
+def indicators_put(code: Code, session: SessionDep, actor: SignedInDep,
                    body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
     i = ind.indicator_upsert(session, actor, {**body, "code": code})
     session.commit()
@@ -52,7 +52,7 @@ def indicators_put(code: Code, session: SessionDep, actor: ActorDep,
 
 
 @router.get("/indicators/{code}/history", summary="An indicator's recorded values (历史值)")
-def indicators_history(code: Code, session: SessionDep, actor: ActorDep,
+def indicators_history(code: Code, session: SessionDep, actor: SignedInDep,
                        since: Annotated[str | None, Query(max_length=40)] = None,
                        until: Annotated[str | None, Query(max_length=40)] = None) -> dict[str, Any]:
     rows = ind.history(session, actor, code, _when(since, "since"), _when(until, "until"))
@@ -60,7 +60,7 @@ def indicators_history(code: Code, session: SessionDep, actor: ActorDep,
 
 
 @router.post("/indicators/{code}/refresh", summary="Compute an indicator now (立即刷新); ops.write")
-def indicators_refresh(code: Code, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def indicators_refresh(code: Code, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     i = ind.indicator_get(session, actor, code)
     access.require(actor, "ops.write", target("ops.indicator", i.department, code), session)
     ind.refresh(session, i)
@@ -69,12 +69,12 @@ def indicators_refresh(code: Code, session: SessionDep, actor: ActorDep) -> dict
 
 
 @router.get("/warning-rules", summary="Early-warning rules (预警规则)")
-def rules_list(session: SessionDep, actor: ActorDep) -> list[dict[str, Any]]:
+def rules_list(session: SessionDep, actor: SignedInDep) -> list[dict[str, Any]]:
     return [warn.rule_public(session, r) for r in warn.rule_list(session, actor)]
 
 
 @router.put("/warning-rules/{code}", summary="Create or replace a warning rule (预警规则维护); ops.write")
-def rules_put(code: Code, session: SessionDep, actor: ActorDep,
+def rules_put(code: Code, session: SessionDep, actor: SignedInDep,
               body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
     r = warn.rule_upsert(session, actor, {**body, "code": code})
     session.commit()
@@ -83,7 +83,7 @@ def rules_put(code: Code, session: SessionDep, actor: ActorDep,
 
 @router.post("/warning-rules/{code}/raise", status_code=201,
              summary="Fire a rule now, by hand (手动预警); ops.command")
-def rules_raise(code: Code, session: SessionDep, actor: ActorDep,
+def rules_raise(code: Code, session: SessionDep, actor: SignedInDep,
                 body: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, Any]:
     note = (body or {}).get("note")
     w = warn.warning_raise(session, actor, code, str(note) if note is not None else None)
@@ -96,7 +96,7 @@ def _warning_out(session: Session, w: Any) -> dict[str, Any]:
 
 
 @router.get("/warnings", summary="Early warnings (预警信息)")
-def warnings_list(session: SessionDep, actor: ActorDep,
+def warnings_list(session: SessionDep, actor: SignedInDep,
                   state: Annotated[str, Query(max_length=8)] = "open",
                   told: Annotated[str | None, Query(max_length=64, description="a department code: only "
                                                     "warnings sent to it (通知本部门)")] = None,
@@ -106,7 +106,7 @@ def warnings_list(session: SessionDep, actor: ActorDep,
 
 @router.post("/warnings/{warning_id}/acknowledge",
              summary="Sign for a warning sent to your department (预警签收)")
-def warnings_acknowledge(warning_id: int, session: SessionDep, actor: ActorDep,
+def warnings_acknowledge(warning_id: int, session: SessionDep, actor: SignedInDep,
                          body: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, Any]:
     note = (body or {}).get("note")
     w = warn.warning_acknowledge(session, actor, warning_id, str(note) if note is not None else None)
@@ -115,7 +115,7 @@ def warnings_acknowledge(warning_id: int, session: SessionDep, actor: ActorDep,
 
 
 @router.post("/warnings/{warning_id}/close", summary="Close a warning (解除预警); ops.command")
-def warnings_close(warning_id: int, session: SessionDep, actor: ActorDep,
+def warnings_close(warning_id: int, session: SessionDep, actor: SignedInDep,
                    body: Annotated[dict[str, Any] | None, Body()] = None) -> dict[str, Any]:
     note = (body or {}).get("note")
     w = warn.warning_close(session, actor, warning_id, str(note) if note is not None else None)

@@ -6,20 +6,20 @@ from typing import Any
 
 from fastapi import APIRouter, Body
 
-from cityos.core.web import ActorDep, SessionDep
+from cityos.core.web import SessionDep, SignedInDep
 from cityos.ops import plan, projects
 
 router = APIRouter(prefix="/api/ops", tags=["ops"])
 
 
 @router.get("/plan-indicators")
-def plan_indicators(session: SessionDep, actor: ActorDep) -> list[dict[str, Any]]:
+def plan_indicators(session: SessionDep, actor: SignedInDep) -> list[dict[str, Any]]:
     """Table 1 of the plan against its 2021 targets (规划主要指标进展)."""
     return plan.progress(session, actor)
 
 
 @router.post("/plan-indicators/refresh")
-def plan_refresh(session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def plan_refresh(session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     """Recompute the indicators CityOS computes (ops.write)."""
     plan.require_write(session, actor)
     n = plan.refresh(session)
@@ -28,7 +28,7 @@ def plan_refresh(session: SessionDep, actor: ActorDep) -> dict[str, Any]:
 
 
 @router.put("/plan-indicators/{code}")
-def plan_enter(session: SessionDep, actor: ActorDep, code: str,
+def plan_enter(session: SessionDep, actor: SignedInDep, code: str,
                body: dict[str, Any] = Body(..., examples=[{"value": 87.5, "source": "市统计局 2021年统计公报",
                                                            "as_of": "2021-12-31"}])) -> dict[str, Any]:
     """Enter a manual indicator's value with its source and date (ops.write)."""
@@ -38,7 +38,7 @@ def plan_enter(session: SessionDep, actor: ActorDep, code: str,
 
 
 @router.get("/projects")
-def project_list(session: SessionDep, actor: ActorDep, category: str | None = None,
+def project_list(session: SessionDep, actor: SignedInDep, category: str | None = None,
                  status: str | None = None) -> list[dict[str, Any]]:
     """The plan's 43 key projects (重点工程)."""
     return [projects.project_dict(p) for p in projects.project_list(session, actor, category=category,
@@ -46,24 +46,24 @@ def project_list(session: SessionDep, actor: ActorDep, category: str | None = No
 
 
 @router.get("/projects/gantt")
-def project_gantt(session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def project_gantt(session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     """Bars for the Gantt chart (甘特图)."""
     return projects.gantt(session, actor)
 
 
 @router.get("/projects/graph")
-def project_graph(session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def project_graph(session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     """The dependency graph (前向工程依赖) with its critical path."""
     return projects.dependency_graph(session, actor)
 
 
 @router.get("/projects/{code}")
-def project_get(session: SessionDep, actor: ActorDep, code: str) -> dict[str, Any]:
+def project_get(session: SessionDep, actor: SignedInDep, code: str) -> dict[str, Any]:
     return projects.project_dict(projects.project_get(session, actor, code))
 
 
 @router.patch("/projects/{code}")
-def project_update(session: SessionDep, actor: ActorDep, code: str,
+def project_update(session: SessionDep, actor: SignedInDep, code: str,
                    body: dict[str, Any] = Body(..., examples=[{"status": "running", "progress": 40}])
                    ) -> dict[str, Any]:
     """Change a project's status, progress, dates or predecessors (ops.write)."""
@@ -73,7 +73,7 @@ def project_update(session: SessionDep, actor: ActorDep, code: str,
 
 
 @router.post("/projects/{code}/notes", status_code=201)
-def project_note(session: SessionDep, actor: ActorDep, code: str,
+def project_note(session: SessionDep, actor: SignedInDep, code: str,
                  body: dict[str, Any] = Body(..., examples=[{"text": "完成招标 / tender done"}])
                  ) -> dict[str, Any]:
     p = projects.project_note(session, actor, code, body.get("text"))  # type: ignore[arg-type]

@@ -202,7 +202,7 @@ def plan_upsert(session: Session, actor: Actor, spec: Mapping[str, Any]) -> Resp
             if not title or len(title) > 200:
                 errors.append(FieldError(f"{where}.title", "1-200 characters / 任务名称须为 1-200 个字符"))
             hours = t.get("hours")
-            if isinstance(hours, str) and hours.strip().isdigit():
+            if isinstance(hours, str) and hours.strip().isdecimal():
                 hours = int(hours)
             if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= MAX_HOURS:
                 errors.append(FieldError(f"{where}.hours",
@@ -264,7 +264,7 @@ def _point(lon: Any, lat: Any) -> tuple[float, float] | None:
     for name, value, (lo, hi) in (("lon", lon, LON_RANGE), ("lat", lat, LAT_RANGE)):
         try:
             v = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit JSON integer
             errors.append(FieldError(name, "a number is required / 须为数字"))
             continue
         if not math.isfinite(v) or not lo <= v <= hi:

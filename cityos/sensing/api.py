@@ -11,7 +11,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cityos.core.errors import Invalid
-from cityos.core.web import ActorDep, SessionDep, platform_of
+from cityos.core.service import MAX_OFFSET
+from cityos.core.web import SessionDep, SignedInDep, platform_of
 from cityos.sensing import service, timeseries
 from cityos.sensing.ingest import MAX_FUTURE_MS, now_ms, parse_time
 from cityos.sensing.runtime import runtime_of
@@ -31,7 +32,7 @@ def time_param(value: str | None, field_name: str) -> int | None:
     """A query time as epoch ms: ISO 8601 with a time zone (naive times are refused), or digits."""
     if value is None or value == "":
         return None
-    raw: Any = int(value) if value.strip().isdigit() else value.strip()
+    raw: Any = int(value) if value.strip().isdecimal() else value.strip()
     return parse_time(raw, field_name, now=_LATEST)
 
 
@@ -56,24 +57,24 @@ def ids_param(value: str, field_name: str) -> list[int]:
 
 
 @router.get("/things", summary="Devices with status and newest values (设备总览)")
-def things(session: SessionDep, actor: ActorDep,
+def things(session: SessionDep, actor: SignedInDep,
            status: Annotated[str | None, Query(max_length=16)] = None,
            kind: Annotated[str | None, Query(max_length=32)] = None,
            q: Annotated[str | None, Query(max_length=100)] = None,
            department: Annotated[str | None, Query(max_length=32)] = None,
            limit: Annotated[int, Query(ge=1, le=500)] = 50,
-           offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+           offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict[str, Any]:
     return timeseries.things_overview(session, actor, status=status, kind=kind, q=q, department=department,
                                       limit=limit, offset=offset)
 
 
 @router.get("/things/status", summary="Devices online, offline and alerting (设备状态统计)")
-def things_status(session: SessionDep, actor: ActorDep) -> dict[str, int]:
+def things_status(session: SessionDep, actor: SignedInDep) -> dict[str, int]:
     return timeseries.status_counts(session, actor)
 
 
 @router.get("/datastreams/{datastream_id}/series", summary="Readings or aggregates over time (时序数据)")
-def series(datastream_id: int, session: SessionDep, actor: ActorDep, start: Time = None, end: Time = None,
+def series(datastream_id: int, session: SessionDep, actor: SignedInDep, start: Time = None, end: Time = None,
            grain: GrainQ = "auto", every: EveryQ = None, fn: FnQ = None,
            limit: Annotated[int | None, Query(ge=1, le=timeseries.MAX_ROWS)] = None,
            max_points: Annotated[int, Query(ge=1, le=timeseries.MAX_ROWS)] = timeseries.MAX_POINTS,
@@ -93,7 +94,7 @@ class StreamSettings(BaseModel):
 
 @router.patch("/datastreams/{datastream_id}", summary="Retention and interval of a stream (数据流设置)")
 def datastream_settings(datastream_id: int, body: StreamSettings, request: Request, session: SessionDep,
-                        actor: ActorDep) -> dict[str, Any]:
+                        actor: SignedInDep) -> dict[str, Any]:
     ds = service.datastream_settings(session, actor, datastream_id, body.model_dump(exclude_unset=True))
     session.commit()
     runtime_of(platform_of(request)).writer.streams.forget(ds.id)
@@ -101,7 +102,7 @@ def datastream_settings(datastream_id: int, body: StreamSettings, request: Reque
 
 
 @router.get("/latest", summary="Newest reading of many streams (最新读数)")
-def latest(session: SessionDep, actor: ActorDep,
+def latest(session: SessionDep, actor: SignedInDep,
            datastreams: Annotated[str | None, Query(max_length=12_000, description="ids, e.g. 1,2,3")] = None,
            thing: int | None = None) -> dict[str, Any]:
     ids = ids_param(datastreams, "datastreams") if datastreams is not None else None
@@ -121,15 +122,16 @@ def _export_range(start: str | None, end: str | None) -> tuple[int | None, int |
 
 
 @router.get("/datastreams/{datastream_id}/export.csv", summary="Export as CSV (导出 CSV)")
-def export_csv(datastream_id: int, session: SessionDep, actor: ActorDep, start: Time = None, end: Time = None,
-               grain: GrainQ = "raw", every: EveryQ = None, fn: FnQ = None) -> StreamingResponse:
+def export_csv(datastream_id: int, session: SessionDep, actor: SignedInDep, start: Time = None,
+               end: Time = None, grain: GrainQ = "raw", every: EveryQ = None,
+               fn: FnQ = None) -> StreamingResponse:
     s, e = _export_range(start, end)
     return _stream(timeseries.export_csv(session, actor, datastream_id, start_ms=s, end_ms=e, grain=grain,
                                          every=every, fn=fn))
 
 
 @router.get("/datastreams/{datastream_id}/export.parquet", summary="Export as Parquet (导出 Parquet)")
-def export_parquet(datastream_id: int, session: SessionDep, actor: ActorDep, start: Time = None,
+def export_parquet(datastream_id: int, session: SessionDep, actor: SignedInDep, start: Time = None,
                    end: Time = None, grain: GrainQ = "raw", every: EveryQ = None,
                    fn: FnQ = None) -> StreamingResponse:
     s, e = _export_range(start, end)

@@ -307,6 +307,8 @@ def credentials_post(thing_id: int, request: Request, session: SessionDep,
                      actor: IngestActor) -> JSONResponse:
     """Issue (or replace) the Thing's device credentials. The secret is shown only in this
     answer; issuing again makes the old secret stop working at once."""
+    if not actor.authenticated:  # before the lookup: a stranger learns nothing
+        raise Unauthorized()
     thing = session.get(Thing, thing_id)
     if thing is None:
         raise NotFound("Thing", thing_id)

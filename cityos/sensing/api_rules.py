@@ -15,14 +15,15 @@ from starlette.concurrency import run_in_threadpool
 
 from cityos.core import access
 from cityos.core.access import Target
-from cityos.core.web import ActorDep, SessionDep, platform_of
+from cityos.core.service import MAX_OFFSET
+from cityos.core.web import ActorDep, SessionDep, SignedInDep, platform_of
 from cityos.sensing import alerts, rules
 from cityos.sensing.runtime import runtime_of
 from cityos.sensing.service import readable_departments
 
 router = APIRouter(prefix="/api/sensing", tags=["sensing"])
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 Severity = Literal["info", "warning", "critical"]
 TargetType = Literal["property", "thing", "group", "datastream"]
 EventName = Literal["alert.opened", "alert.acknowledged", "alert.resolved"]
@@ -95,7 +96,7 @@ def _page(items: list[dict[str, Any]], total: int, limit: int, offset: int) -> d
 
 
 @router.post("/rules", status_code=201, summary="Create an alert rule (新建告警规则)")
-def rules_create(body: RuleIn, request: Request, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def rules_create(body: RuleIn, request: Request, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     r = rules.rule_create(session, actor, body.model_dump())
     session.commit()
     _reload(request)
@@ -103,13 +104,13 @@ def rules_create(body: RuleIn, request: Request, session: SessionDep, actor: Act
 
 
 @router.get("/rules/{rule_id}", summary="An alert rule")
-def rules_get(rule_id: int, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def rules_get(rule_id: int, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     return rules.rule_public(rules.rule_get(session, actor, rule_id))
 
 
 @router.patch("/rules/{rule_id}", summary="Change an alert rule")
 def rules_update(rule_id: int, body: RulePatch, request: Request, session: SessionDep,
-                 actor: ActorDep) -> dict[str, Any]:
+                 actor: SignedInDep) -> dict[str, Any]:
     r = rules.rule_update(session, actor, rule_id, body.model_dump(exclude_unset=True))
     session.commit()
     _reload(request)
@@ -117,7 +118,7 @@ def rules_update(rule_id: int, body: RulePatch, request: Request, session: Sessi
 
 
 @router.delete("/rules/{rule_id}", status_code=204, summary="Delete an alert rule and its alerts")
-def rules_delete(rule_id: int, request: Request, session: SessionDep, actor: ActorDep) -> Response:
+def rules_delete(rule_id: int, request: Request, session: SessionDep, actor: SignedInDep) -> Response:
     rules.rule_delete(session, actor, rule_id)
     session.commit()
     _reload(request)
@@ -130,7 +131,7 @@ def groups_list(session: SessionDep, actor: ActorDep) -> dict[str, Any]:
 
 
 @router.post("/groups", status_code=201, summary="Create a group of things")
-def groups_create(body: GroupIn, request: Request, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def groups_create(body: GroupIn, request: Request, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     g = rules.group_create(session, actor, body.code, body.name, body.department, body.things)
     session.commit()
     _reload(request)
@@ -139,7 +140,7 @@ def groups_create(body: GroupIn, request: Request, session: SessionDep, actor: A
 
 @router.put("/groups/{group_id}/things", summary="Replace a group's things")
 def groups_things(group_id: int, body: ThingsIn, request: Request, session: SessionDep,
-                  actor: ActorDep) -> dict[str, Any]:
+                  actor: SignedInDep) -> dict[str, Any]:
     g = rules.group_set_things(session, actor, group_id, body.things)
     session.commit()
     _reload(request)
@@ -196,12 +197,12 @@ async def alerts_stream(request: Request, session: SessionDep, actor: ActorDep) 
 
 
 @router.get("/alerts/{alert_id}", summary="An alert")
-def alerts_get(alert_id: int, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def alerts_get(alert_id: int, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     return alerts.alert_public(alerts.alert_get(session, actor, alert_id))
 
 
 @router.post("/alerts/{alert_id}/acknowledge", summary="Acknowledge an open alert (确认告警)")
-def alerts_acknowledge(alert_id: int, session: SessionDep, actor: ActorDep,
+def alerts_acknowledge(alert_id: int, session: SessionDep, actor: SignedInDep,
                        body: NoteIn | None = None) -> dict[str, Any]:
     a = alerts.alert_acknowledge(session, actor, alert_id, body.note if body else None)
     session.commit()
@@ -209,7 +210,7 @@ def alerts_acknowledge(alert_id: int, session: SessionDep, actor: ActorDep,
 
 
 @router.post("/alerts/{alert_id}/resolve", summary="Resolve an alert (解除告警)")
-def alerts_resolve(alert_id: int, session: SessionDep, actor: ActorDep,
+def alerts_resolve(alert_id: int, session: SessionDep, actor: SignedInDep,
                    body: NoteIn | None = None) -> dict[str, Any]:
     a = alerts.alert_resolve(session, actor, alert_id, body.note if body else None)
     session.commit()
@@ -222,14 +223,14 @@ def webhooks_list(session: SessionDep, actor: ActorDep) -> dict[str, Any]:
 
 
 @router.post("/webhooks", status_code=201, summary="Register a webhook; its secret is shown only now")
-def webhooks_create(body: WebhookIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def webhooks_create(body: WebhookIn, session: SessionDep, actor: SignedInDep) -> dict[str, Any]:
     w, secret = alerts.webhook_create(session, actor, body.url, body.events, body.secret, body.department)
     session.commit()
     return alerts.webhook_public(w) | {"secret": secret}
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=204, summary="Delete a webhook")
-def webhooks_delete(webhook_id: int, session: SessionDep, actor: ActorDep) -> Response:
+def webhooks_delete(webhook_id: int, session: SessionDep, actor: SignedInDep) -> Response:
     alerts.webhook_delete(session, actor, webhook_id)
     session.commit()
     return Response(status_code=204)

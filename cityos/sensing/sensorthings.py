@@ -146,7 +146,7 @@ class Addressed:
 def _key(es: EntitySet, raw: str | None) -> int | None:
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    if not raw.isdecimal() or len(raw) > 18:
         raise NotFound(es.singular, f"({raw})")
     return int(raw)
 

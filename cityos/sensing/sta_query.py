@@ -270,7 +270,7 @@ def _lex(text: str, ctx: _Ctx) -> list[_Tok]:
             toks.append(_Tok("lit", m.group(), i, Literal(m.group()[1:-1].replace("''", "'"), "string")))
             i = m.end()
             continue
-        if c.isdigit():
+        if c.isdecimal():  # what \d matches: isdigit() also takes "²", which no pattern reads
             tok = _lex_digits(text, i, ctx)
             toks.append(tok)
             i = tok.pos + len(tok.text)

@@ -345,7 +345,7 @@ def attachments_create(
 @router.get("/{number}/attachments/{attachment_id}", response_class=Response,
             summary="A photo (下载照片): report photos for anyone, others for staff who may read the case",
             responses={200: {"content": {t: {} for t, _ in attachments.TYPES.values()}}})
-def attachments_get(number: Number, attachment_id: int, session: SessionDep, actor: SignedInDep) -> Response:
+def attachments_get(number: Number, attachment_id: int, session: SessionDep, actor: ActorDep) -> Response:
     att = attachments.attachment_get(session, actor, number, attachment_id)
     assert att.data is not None
     # The sniffed type, never the client's; X-Content-Type-Options: nosniff comes with every response

@@ -222,7 +222,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/api/cases/{number}/reporter"): STAFF,
     ("GET", "/api/cases/{number}/duplicates"): STAFF,
     ("POST", "/api/cases/{number}/attachments"): PUBLIC,  # the reporter adds photos with the key
-    ("GET", "/api/cases/{number}/attachments/{attachment_id}"): STAFF,
+    ("GET", "/api/cases/{number}/attachments/{attachment_id}"): PUBLIC,  # report photos are public
     ("GET", "/open311/v2/discovery.{fmt}"): PUBLIC,
     ("GET", "/open311/v2/services.{fmt}"): PUBLIC,
     ("GET", "/open311/v2/services/{service_code}.{fmt}"): PUBLIC,

@@ -214,7 +214,7 @@ def _version(session: Session, code: str, version: str) -> Any:
     versions = [wf for wf in service.workflow_list(session) if wf.code == code]
     if not versions:
         raise NotFound("workflow", code)
-    if version.isdecimal():
+    if version.isdecimal() and len(version) <= 18:
         chosen = next((wf for wf in versions if wf.version == int(version)), None)
         if chosen is None:
             raise NotFound("workflow", f"{code}@{version}")
@@ -316,7 +316,7 @@ def step_params(action: str, form: FormData) -> dict[str, Any]:
                 raise Invalid(f.name, "choose one / 请选择")
             params[f.name] = raw == "true"
         elif f.kind == "int":
-            if not raw.isdecimal():
+            if not raw.isdecimal() or len(raw) > 18:
                 raise Invalid(f.name, "a whole number of working days / 须为整数个工作日")
             params[f.name] = int(raw)
         else:

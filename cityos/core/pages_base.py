@@ -218,7 +218,7 @@ def parse_form(model: type[M], data: dict[str, Any]) -> M:
 
 def page_number(raw: str | None) -> int:
     """The 1-based page asked for; anything odd means the first page."""
-    return int(raw) if raw and raw.isdecimal() and 0 < int(raw) < 1_000_000 else 1
+    return int(raw) if raw and raw.isdecimal() and len(raw) < 7 and 0 < int(raw) < 1_000_000 else 1
 
 
 @dataclass

@@ -222,7 +222,7 @@ def resource_data(request: Request, session: SessionDep, actor: ConsoleActor, co
 def resource_rollback(session: SessionDep, actor: ConsoleActor, code: str,
                       to_version: FormStr = "", note: FormStr = "") -> Response:
     """Make an earlier version current again (回滚), as a new version."""
-    if not to_version.isdecimal():
+    if not to_version.isdecimal() or len(to_version) > 18:  # int() refuses 4,300 digits
         raise Invalid("to_version", "a version number / 须为版本号")
     version = loading.rollback(session, actor, code, int(to_version), note=note.strip() or None)
     session.commit()

@@ -245,10 +245,11 @@ def _sniff(source: BinaryIO, encoding: str | None) -> tuple[str, bytes, int]:
             name = codecs.lookup(encoding).name
         except LookupError:
             raise ParseError(None, f"unknown encoding {encoding!r}", "未知的编码") from None
-        if not _ascii_compatible(name):  # UTF-16, base64, rot13 ... would fail deep in the reader
-            raise ParseError(None, f"encoding {encoding[:40]!r} cannot be read as CSV text — use UTF-8 or GBK",
+        codec = {"utf-8-sig": "utf-8", "gbk": "gb18030", "gb2312": "gb18030"}.get(name, name)
+        if not _ascii_compatible(codec):  # UTF-16, base64, rot13 ... would fail deep in the reader
+            raise ParseError(None, f"encoding {encoding[:40]!r} cannot read CSV text — use UTF-8 or GBK",
                              "该编码无法读取CSV，请使用UTF-8或GBK编码")
-        return {"utf-8-sig": "utf-8", "gbk": "gb18030", "gb2312": "gb18030"}.get(name, name), head, skipped
+        return codec, head, skipped
     if skipped:
         return "utf-8", head, skipped
     if not head.isascii():

@@ -435,8 +435,8 @@ def my_applications(request: Request, session: SessionDep, actor: ActorDep, crea
         return to_login(request)
     paged = applications.application_list(session, me, mine=True, limit=100)
     return render(request, "portal/applications.html", actor=me, paged=paged,
-                  created=int(created) if created.isdecimal() else None, current="applications",
-                  headers=NO_STORE)
+                  created=int(created) if created.isdecimal() and len(created) <= 18 else None,
+                  current="applications", headers=NO_STORE)
 
 
 router.include_router(feeds)

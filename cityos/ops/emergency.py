@@ -202,7 +202,7 @@ def plan_upsert(session: Session, actor: Actor, spec: Mapping[str, Any]) -> Resp
             if not title or len(title) > 200:
                 errors.append(FieldError(f"{where}.title", "1-200 characters / 任务名称须为 1-200 个字符"))
             hours = t.get("hours")
-            if isinstance(hours, str) and hours.strip().isdecimal():
+            if isinstance(hours, str) and hours.strip().isdecimal() and len(hours) <= 18:
                 hours = int(hours)
             if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= MAX_HOURS:
                 errors.append(FieldError(f"{where}.hours",

@@ -32,7 +32,7 @@ def time_param(value: str | None, field_name: str) -> int | None:
     """A query time as epoch ms: ISO 8601 with a time zone (naive times are refused), or digits."""
     if value is None or value == "":
         return None
-    raw: Any = int(value) if value.strip().isdecimal() else value.strip()
+    raw: Any = int(value) if value.strip().isdecimal() and len(value) <= 40 else value.strip()
     return parse_time(raw, field_name, now=_LATEST)
 
 

@@ -81,7 +81,7 @@ def parse_time(value: Any, field_name: str, now: int | None = None) -> int:
     if isinstance(value, bool) or value is None:
         raise Invalid(field_name, "a time is required / 缺少时间")
     if isinstance(value, int | float):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):  # isfinite() overflows on a huge int
             raise Invalid(field_name, "not a time / 不是有效时间")
         ms = int(value)
     elif isinstance(value, str):

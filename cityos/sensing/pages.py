@@ -238,7 +238,8 @@ def rules_page(request: Request, session: SessionDep, actor: ConsoleActor, edit:
     lang = language(request)
     n = page_number(page)
     items, total = rules.rule_list(session, actor, PAGE_SIZE, (n - 1) * PAGE_SIZE)
-    editing = rules.rule_get(session, actor, int(edit)) if edit and edit.isdecimal() else None
+    wanted = int(edit) if edit and edit.isdecimal() and len(edit) <= 18 else None
+    editing = rules.rule_get(session, actor, wanted) if wanted is not None else None
     options = target_options(session, actor)
     names = {kind: dict(opts) for kind, opts in options.items()}
     may_write = access.reach_of(actor, "sensing.rule.write") is not None
@@ -247,7 +248,7 @@ def rules_page(request: Request, session: SessionDep, actor: ConsoleActor, edit:
                  pager=pager(request, total, n), editing=editing, targets=rules.TARGETS,
                  kinds={k: param_fields(k) for k in rules.KINDS}, options=options, names=names,
                  severities=alerts.SEVERITIES, may_write=may_write, config=config,
-                 saved=int(saved) if saved and saved.isdecimal() else None)
+                 saved=int(saved) if saved and saved.isdecimal() and len(saved) <= 18 else None)
 
 
 # -- alerts (告警) ----------------------------------------------------------------------------

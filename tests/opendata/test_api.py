@@ -140,7 +140,8 @@ def test_refuse_resubmit_and_withdraw(od, session):
     problem(call(od, "POST", "env_staff", "/datasets/air-quality-daily/withdraw", {"reason": "x"}), 403)
     ds = ok(call(od, "POST", "env_admin", "/datasets/air-quality-daily/withdraw", {"reason": "数据口径调整"}))
     assert ds["state"] == "withdrawn" and ds["reviews"][-1]["step"] == "withdraw"
-    actions = session.scalars(select(AuditRecord.action).where(AuditRecord.outcome == "success")).all()
+    actions = session.scalars(select(AuditRecord.action).where(AuditRecord.outcome == "success")
+                              .order_by(AuditRecord.seq)).all()
     assert actions.count("opendata.dataset.refuse") == 2 and "opendata.dataset.withdraw" in actions
 
     # A withdrawn dataset may open again through the same review.
@@ -308,7 +309,8 @@ def test_an_approved_application_earns_a_key_for_that_dataset_only(od, session):
     session.expire_all()
     assert not rows.may_read(session, residents, ANONYMOUS, key)
     actions = session.scalars(select(AuditRecord.action).where(AuditRecord.object_type == "opendata.application",
-                                                               AuditRecord.outcome == "success")).all()
+                                                               AuditRecord.outcome == "success")
+                              .order_by(AuditRecord.seq)).all()  # PostgreSQL keeps no order unasked
     assert actions == ["opendata.application.create", "opendata.application.approved", "opendata.key.revoke"]
 
 

@@ -363,10 +363,10 @@ def breakdown(url: str, data_dir: Path, code: str, n: int = 300) -> None:
     conds = [store.Cond("district", "eq", FILTER)]
     for _ in range(n):
         with sessions() as s:
-            actor = timed("token lookup", partial(auth.token_actor, s, raw, "api"))
-            plan = timed("resource (light query, cached layout)", partial(exchange._plan, s, code))
+            actor = timed("token lookup (cache)", partial(auth.token_actor, s, raw, "api"))
+            plan = timed("resource plan (cache)", partial(exchange._plan, s, code))
             target = access.Target("hub.resource", plan.id, plan.department_id, plan.department_path)
-            timed("access.require (grant query)", partial(access.require, actor, "hub.data.read", target, s))
+            timed("access.require (grant, cache)", partial(access.require, actor, "hub.data.read", target, s))
             rows = timed("select_rows (100 rows)", partial(
                 store.select_rows, s.connection(), plan.layout, ring, fields=FIELDS, conds=conds,
                 offset=100 * random.randrange(10)))
@@ -380,6 +380,9 @@ def breakdown(url: str, data_dir: Path, code: str, n: int = 300) -> None:
             timed("= whole sharing.rows_read", partial(sharing.rows_read, s, actor, code, purpose=PURPOSE,
                                                      conds=conds))
             timed("= commit after rows_read", s.commit)
+        with sessions() as s:
+            timed("= rows_read, group commit (the API's)", partial(
+                sharing.rows_read, s, actor, code, purpose=PURPOSE, conds=conds, group_commit=True))
     with sessions() as s:
         res = hub.resource_by_code(s, code)
         for _ in range(n):

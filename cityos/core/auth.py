@@ -1,7 +1,8 @@
 """Identity (统一身份认证): passwords, lockout, bearer tokens, console sessions, API keys, CSRF.
 
 Only hashes of tokens and keys are stored: a leaked database grants no sessions. Passwords use
-argon2id. Tokens are opaque and looked up on each request, so revocation takes effect at once.
+argon2id. Tokens are opaque and looked up on each request, through a short-lived cache that every
+committed change to users, tokens or keys clears (`core.cache`), so revocation takes effect at once.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, joinedload
 
-from cityos.core import audit
+from cityos.core import audit, cache
 from cityos.core.access import DEPARTMENT_STAFF, Actor
 from cityos.core.db import utcnow
 from cityos.core.models import ApiKey, AuthToken, Department, User
@@ -129,24 +131,52 @@ def token_issue(session: Session, user: User, kind: str, ttl_seconds: int) -> tu
     return raw, row
 
 
+# Built once: this runs on every API request that is not answered from the cache.
+_TOKEN_QUERY = (
+    select(AuthToken.id, AuthToken.expires_at, AuthToken.revoked_at, User.id, User.username,
+           User.role, User.is_active, Department.id, Department.code, Department.path)
+    .join(User, AuthToken.user_id == User.id)
+    .join(Department, User.department_id == Department.id)
+    .where(AuthToken.token_hash == bindparam("hash"), AuthToken.kind == bindparam("kind"))
+)
+# Who a token or key is, for a moment: (database, kind, hash of the secret) -> (actor, expiry).
+# Sign-out, revocation, deactivation and role changes invalidate it at once (`core.cache`).
+cache.watch(User, Department, AuthToken, ApiKey)
+_ACTORS: cache.Cache[tuple[Any, str, str], tuple[Actor, dt.datetime | None]] = cache.Cache()
+
+
+def cached_actor(bind: Any, raw: str, kind: str) -> Actor | None:
+    """The actor of a token or key seen a moment ago, if nothing changed since; no database."""
+    hit = _ACTORS.get((bind, kind, sha256(raw)))
+    if hit is None or (hit[1] is not None and hit[1] <= utcnow()):
+        return None
+    return hit[0]
+
+
+def _remember(session: Session, raw: str, kind: str, generation: int, actor: Actor,
+              expires_at: dt.datetime | None) -> None:
+    if cache.usable(session):
+        _ACTORS.put((session.get_bind(), kind, sha256(raw)), (actor, expires_at), generation)
+
+
 def token_actor(session: Session, raw: str, kind: str) -> Actor | None:
-    """Resolve a raw token to its actor, or None if unknown, expired, revoked or locked out."""
-    row = session.execute(
-        select(AuthToken.id, AuthToken.expires_at, AuthToken.revoked_at, User.id, User.username,
-               User.role, User.is_active, Department.id, Department.code, Department.path)
-        .join(User, AuthToken.user_id == User.id)
-        .join(Department, User.department_id == Department.id)
-        .where(AuthToken.token_hash == sha256(raw), AuthToken.kind == kind)
-    ).first()
+    """Resolve a raw token to its actor, or None if unknown, expired, revoked or deactivated."""
+    found = cached_actor(session.get_bind(), raw, kind) if cache.usable(session) else None
+    if found is not None:
+        return found
+    generation = cache.generation()
+    row = session.execute(_TOKEN_QUERY, {"hash": sha256(raw), "kind": kind}).first()
     if row is None:
         return None
     token_id, expires_at, revoked_at, user_id, username, role, active, dept_id, code, path = row
     if revoked_at is not None or expires_at <= utcnow() or not active:
         return None
-    return Actor(
+    actor = Actor(
         kind="user", name=username, role=role, user_id=user_id, department_id=dept_id,
         department_code=code, department_path=path, token_id=token_id,
     )
+    _remember(session, raw, kind, generation, actor, expires_at)
+    return actor
 
 
 def token_revoke(session: Session, raw: str | None = None, token_id: int | None = None) -> bool:
@@ -182,6 +212,10 @@ def apikey_actor(session: Session, raw: str) -> Actor | None:
         return None
     if tag != API_KEY_PREFIX:
         return None
+    found = cached_actor(session.get_bind(), raw, "apikey") if cache.usable(session) else None
+    if found is not None:
+        return found
+    generation = cache.generation()
     row = session.execute(
         select(ApiKey, Department)
         .join(Department, ApiKey.department_id == Department.id)
@@ -194,10 +228,12 @@ def apikey_actor(session: Session, raw: str) -> Actor | None:
         return None
     if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= utcnow()):
         return None
-    return Actor(
+    actor = Actor(
         kind="apikey", name=f"apikey:{prefix}", role=DEPARTMENT_STAFF, department_id=dept.id,
         department_code=dept.code, department_path=dept.path, scopes=frozenset(key.scopes),
     )
+    _remember(session, raw, "apikey", generation, actor, key.expires_at)
+    return actor
 
 
 def csrf_token(secret_key: str, session_token: str) -> str:

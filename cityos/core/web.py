@@ -113,10 +113,11 @@ async def get_actor(
     actor: Actor = ANONYMOUS
     if creds is not None:
         kind, raw = creds
-        found: Actor | None
-        if kind == "apikey":
+        # A token or key seen a moment ago is answered here, without a trip to a worker thread.
+        found = auth.cached_actor(platform_of(request).engine, raw, kind)
+        if found is None and kind == "apikey":
             found = await run_in_threadpool(auth.apikey_actor, session, raw)
-        else:
+        elif found is None:
             found = await run_in_threadpool(auth.token_actor, session, raw, kind)
         if found is None and kind != "web":  # an expired console session just means "sign in"
             raise Unauthorized("invalid, expired or revoked credentials / 凭证无效、过期或已吊销")

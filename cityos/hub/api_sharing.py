@@ -192,8 +192,8 @@ def rows_read(
                                base_url=str(request.base_url).rstrip("/"))
     result = sharing.rows_read(
         session, actor, code, purpose=purpose or unquote(x_purpose or ""), fields=names, conds=_conds(pairs),
-        sort=_sort(sort), limit=limit, offset=offset, with_total=count, fmt=format, request_meta=meta)
-    session.commit()  # the read is answered only once its audit record is durable
+        sort=_sort(sort), limit=limit, offset=offset, with_total=count, fmt=format, request_meta=meta,
+        group_commit=True)  # returns once its audit record is committed: answered only then
     headers = {"X-Request-Hash": result.request_hash, "X-Audit-Record": result.audit_hash,
                "X-Request-Time": result.time}
     if format == "csv":

@@ -16,14 +16,15 @@ import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy import bindparam, select
+from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.orm import Session
 
-from cityos.core import access, audit
+from cityos.core import access, audit, cache
 from cityos.core.access import Actor, Target
 from cityos.core.errors import FieldError, Invalid, NotFound
 from cityos.core.models import Department
@@ -133,7 +134,26 @@ _PLAN_QUERY = (
 )
 
 
+# A resource's plan per (database, code), for a moment: a load (new version), a change to the
+# resource or a move of its department clears it on commit (`core.cache`).
+cache.watch(Resource)
+_PLANS: cache.Cache[tuple[Any, str], _Plan] = cache.Cache()
+
+
 def _plan(session: Session, code: str) -> _Plan:
+    key = (session.get_bind(), code)
+    usable = cache.usable(session)
+    plan = _PLANS.get(key) if usable else None
+    if plan is not None:
+        return plan
+    generation = cache.generation()
+    plan = _plan_read(session, code)
+    if usable:
+        _PLANS.put(key, plan, generation)
+    return plan
+
+
+def _plan_read(session: Session, code: str) -> _Plan:
     row = session.connection().execute(_PLAN_QUERY, {"code": code}).first()
     if row is None:
         raise NotFound("resource", code)
@@ -150,9 +170,14 @@ def rows_read(
     session: Session, actor: Actor, code: str, *, purpose: str | None, fields: Sequence[str] | None = None,
     conds: Sequence[store.Cond] = (), sort: Sequence[tuple[str, bool]] = (), limit: int = 100,
     offset: int = 0, with_total: bool = False, fmt: str = "json",
-    request_meta: RequestMeta | None = None,
+    request_meta: RequestMeta | None = None, group_commit: bool = False,
 ) -> ReadResult:
-    """Read a resource's rows as the owner or through a grant (授权访问), audited with its purpose."""
+    """Read a resource's rows as the owner or through a grant (授权访问), audited with its purpose.
+
+    The audit record goes into the caller's transaction, or with `group_commit` through the
+    engine's `audit.GroupWriter`, committed with those of concurrent reads before this returns:
+    for a caller whose session writes nothing else (the API's read), so none holds the head row
+    while it waits."""
     purpose = (purpose or "").strip()
     if not purpose:
         raise Invalid("purpose", "every read states its purpose / 每次读取须说明用途")
@@ -208,10 +233,15 @@ def rows_read(
         if audit.scrub(rhash) == rhash:
             break
         at += dt.timedelta(microseconds=1)
-    record = audit.append(
+    bind = session.get_bind()
+    append = partial(audit.append, session)
+    if group_commit and isinstance(bind, Engine):
+        session.commit()  # ends the read: its pooled connection is free while the record is written
+        append = audit.group_writer(bind).append
+    record = append(
         # Filed under the provider: the data's own department audits who read it (the reader's
         # department is in the detail).
-        session, actor=actor.name, action="hub.data.read", department=plan.department_code,
+        actor=actor.name, action="hub.data.read", department=plan.department_code,
         object_type="hub.resource", object_id=plan.code, purpose=purpose,
         detail={"grant": grant.id if grant else None, "provider": plan.department_code,
                 "reader_department": actor.department_code,

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Select, bindparam, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from cityos.core import access, audit, crypto
+from cityos.core import access, audit, cache, crypto
 from cityos.core.access import ALL, OWN, SUBTREE, Actor, Target
 from cityos.core.db import utcnow
 from cityos.core.errors import Conflict, Invalid, NotFound
@@ -87,6 +87,12 @@ def city_today() -> dt.date:
     return dt.datetime.now(CITY_TZ).date()
 
 
+# The grant in force per (database, resource, department), for a moment: a granted, revoked or
+# changed grant clears it on commit (`core.cache`), so a revocation counts on the next request.
+cache.watch(Grant)
+_GRANTS: cache.Cache[tuple[Any, int, int], Any] = cache.Cache()
+
+
 def _grant_resolver(session: Any, actor: Actor, action: str, target: Target) -> Any:
     """A sharing grant lets the grantee department's users and keys read a resource."""
     if action != "hub.data.read" or target.kind != "hub.resource" or session is None:
@@ -94,8 +100,18 @@ def _grant_resolver(session: Any, actor: Actor, action: str, target: Target) -> 
     if actor.department_id is None:
         return None
     session.flush()  # a revocation earlier in this unit of work counts (Core skips autoflush)
-    return session.connection().execute(_ACTIVE_GRANT, {
-        "resource": target.id, "department": actor.department_id, "today": city_today()}).first()
+    today = city_today()
+    key = (session.get_bind(), target.id, actor.department_id)
+    usable = cache.usable(session)
+    grant = _GRANTS.get(key) if usable else None
+    if grant is not None and (grant.valid_until is None or grant.valid_until >= today):
+        return grant
+    generation = cache.generation()
+    grant = session.connection().execute(_ACTIVE_GRANT, {
+        "resource": target.id, "department": actor.department_id, "today": today}).first()
+    if grant is not None and usable:
+        _GRANTS.put(key, grant, generation)
+    return grant
 
 
 access.register_grant_resolver(_grant_resolver)

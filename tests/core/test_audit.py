@@ -166,3 +166,72 @@ def test_concurrent_appends_keep_one_chain(sessions):
     with sessions() as s:
         result = audit.verify(s)
     assert result.ok and result.checked == 40
+
+
+def test_group_writer_commits_concurrent_records_as_one_chain(engine, sessions):
+    """Group commit: threads appending through the writer, mixed with appends in their own
+    transactions, leave one contiguous chain; each caller gets its own record's hash, committed."""
+    import threading
+
+    writer = audit.GroupWriter(engine)
+    got: dict[str, str] = {}
+    start = threading.Barrier(9)
+
+    def grouped(k):
+        start.wait()
+        for i in range(10):
+            got[f"g{k}-{i}"] = writer.append(actor=f"g{k}", action="test.read", object_id=i,
+                                             detail={"request_hash": f"g{k}-{i}"})
+
+    def inline(k):
+        start.wait()
+        for i in range(5):
+            with sessions() as s:
+                audit.append(s, actor=f"w{k}", action="test.write", object_id=i)
+                s.commit()
+
+    threads = [threading.Thread(target=grouped, args=(k,)) for k in range(8)]
+    threads.append(threading.Thread(target=inline, args=(0,)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with sessions() as s:
+        result = audit.verify(s)
+        records = s.scalars(select(AuditRecord).order_by(AuditRecord.seq)).all()
+    assert result.ok and result.checked == 85
+    assert [r.seq for r in records] == list(range(1, 86))
+    by_key = {r.detail["request_hash"]: r.hash for r in records if r.action == "test.read"}
+    assert by_key == got
+    assert 1 <= writer.batches <= 80
+
+
+def test_group_writer_failure_reaches_the_caller_and_the_writer_goes_on(engine, sessions, tmp_path):
+    """A batch that cannot be committed fails its callers (no hash handed out); the next one works."""
+    import pytest
+    from sqlalchemy.exc import OperationalError
+
+    from cityos.core import db
+
+    broken = audit.GroupWriter(db.make_engine(f"sqlite:///{tmp_path / 'none' / 'x.db'}"))
+    (tmp_path / "none").mkdir(exist_ok=True)
+    (tmp_path / "none" / "x.db").mkdir()  # a directory where the database file should be
+    with pytest.raises(OperationalError):
+        broken.append(actor="a", action="test.read")
+    writer = audit.GroupWriter(engine)
+    h = writer.append(actor="a", action="test.read")
+    with sessions() as s:
+        assert s.scalar(select(AuditRecord.hash).where(AuditRecord.seq == 1)) == h
+        assert audit.verify(s).ok
+
+
+def test_group_writer_thread_ends_when_idle_and_starts_again(engine, sessions):
+    import time
+
+    writer = audit.GroupWriter(engine, idle_seconds=0.05)
+    writer.append(actor="a", action="test.read")
+    time.sleep(0.3)
+    assert not writer._running
+    writer.append(actor="b", action="test.read")
+    with sessions() as s:
+        assert audit.verify(s).checked == 2

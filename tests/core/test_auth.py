@@ -137,3 +137,57 @@ def test_api_key_unknown_scope_names_the_field(client, city):
                     json={"name": "x", "department_code": "220200-gaj", "scopes": ["root.all"]})
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "scopes"
+
+
+def test_token_cache_follows_role_change_deactivation_and_sign_out(client, city, engine, sessions):
+    """Who a token is comes from a short-lived cache (core.cache); every committed change to the
+    user or the token clears it, so each takes effect on the very next request."""
+    token = city.token("police_staff")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/audit", headers=headers).status_code == 403  # staff: not the audit log
+    assert auth.cached_actor(engine, token, "api").role == "department_staff"
+    r = client.patch("/api/users/police_staff", json={"role": "auditor"}, headers=city.headers("police_admin"))
+    assert r.status_code == 200, r.text
+    assert client.get("/api/audit", headers=headers).status_code == 200  # the new role, at once
+    # A change committed outside any request (a service call, a script in this process) counts too.
+    with sessions() as s:
+        s.scalar(select(User).where(User.username == "police_staff")).is_active = False
+        s.commit()
+    assert auth.cached_actor(engine, token, "api") is None
+    assert client.get("/api/me", headers=headers).status_code == 401
+    with sessions() as s:
+        s.scalar(select(User).where(User.username == "police_staff")).is_active = True
+        s.commit()
+    assert client.get("/api/me", headers=headers).status_code == 200
+    assert client.post("/api/auth/revoke", headers=headers).status_code == 204
+    assert client.get("/api/me", headers=headers).status_code == 401
+
+
+def test_token_cache_keeps_nothing_a_rolled_back_transaction_saw(client, city, engine, sessions):
+    token = city.token("police_staff")
+    with sessions() as s:
+        s.scalar(select(User).where(User.username == "police_staff")).role = "platform_admin"
+        s.flush()
+        assert auth.token_actor(s, token, "api").role == "platform_admin"  # its own change, uncommitted
+        s.rollback()
+    assert auth.cached_actor(engine, token, "api") is None
+    with sessions() as s:
+        assert auth.token_actor(s, token, "api").role == "department_staff"
+    assert auth.cached_actor(engine, token, "api").role == "department_staff"
+
+
+def test_cache_entry_read_before_a_change_is_a_miss():
+    from cityos.core import cache
+
+    c: cache.Cache[str, int] = cache.Cache(ttl=60)
+    before = cache.generation()
+    cache.bump()  # a change committed while the value was being read
+    c.put("k", 1, before)
+    assert c.get("k") is None
+    c.put("k", 2, cache.generation())
+    assert c.get("k") == 2
+    cache.bump()
+    assert c.get("k") is None
+    short: cache.Cache[str, int] = cache.Cache(ttl=0)
+    short.put("k", 3, cache.generation())
+    assert short.get("k") is None

@@ -295,6 +295,31 @@ def test_expiry_and_revocation_take_effect_on_the_next_read(session, actors, peo
     assert sharing.grant_list(session, actors["police_staff"], box="incoming", active=True).total == 0
 
 
+def test_grant_cache_follows_commits_and_forgets_rollbacks(sessions, session, actors, people):
+    """The grant in force is cached between reads (core.cache): a revocation committed in another
+    session counts on the next read, and a grant only a rolled-back transaction saw is not kept."""
+    env = actors["env_staff"]
+    with sessions() as s:
+        grant = granted(s, actors, people)
+        assert read(s, env, people.code).grant_id == grant.id  # its own, uncommitted grant
+        s.rollback()
+    with sessions() as s, pytest.raises(access.Denied):
+        read(s, env, people.code)
+    with sessions() as s:
+        grant = granted(s, actors, people)
+        s.commit()
+    for _ in range(2):
+        with sessions() as s:
+            assert read(s, env, people.code, group_commit=True).grant_id == grant.id
+    assert service._GRANTS.get((session.get_bind(), people.id, env.department_id)) is not None
+    with sessions() as s:
+        sharing.grant_revoke(s, actors["police_admin"], grant.id, "用途已完成")
+        s.commit()
+    with sessions() as s, pytest.raises(access.Denied):
+        read(s, env, people.code)
+    assert audit.verify(session).ok
+
+
 def test_only_the_grantee_departments_users_and_keys(session, actors, people):
     granted(session, actors, people)
     for who in ("district_admin", "auditor"):

@@ -126,6 +126,36 @@ def test_request_hash_can_be_recomputed_by_the_reader(city, people):
     assert h == r.headers["X-Request-Hash"]
 
 
+def test_concurrent_reads_each_answered_with_its_own_committed_record(city, people, sessions):
+    """Reads from many threads at once are audited through the group writer: every answer's
+    X-Audit-Record is a committed record holding that answer's X-Request-Hash, and the chain holds."""
+    from cityos.core import audit
+    from cityos.core.models import AuditRecord
+
+    granted(city, people)
+    headers = city.headers("env_staff")
+    answers: list[tuple[int, str, str]] = []
+
+    def reader(k: int) -> None:
+        for i in range(5):
+            r = city.client.get(f"/api/hub/resources/{people}/rows", headers=headers,
+                                params={"purpose": PURPOSE, "limit": 2, "offset": (k + i) % 10})
+            answers.append((r.status_code, r.headers.get("X-Request-Hash", ""),
+                            r.headers.get("X-Audit-Record", "")))
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(answers) == 40 and all(status == 200 for status, _, _ in answers)
+    with sessions() as s:
+        assert audit.verify(s).ok
+        reads = {r.hash: r.detail["request_hash"] for r in s.scalars(
+            select(AuditRecord).where(AuditRecord.action == "hub.data.read"))}
+    assert {record: rhash for _, rhash, record in answers} == reads
+
+
 def test_csv_and_the_owner_reads_everything(city, people):
     r = get(city, "police_staff", f"/resources/{people}/rows", purpose="户籍核查", format="csv",
             household_size__in="1,2", sort="name", limit=1000)

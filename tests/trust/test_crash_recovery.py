@@ -19,6 +19,7 @@ import csv
 import datetime as dt
 import functools
 import io
+import itertools
 import shutil
 import threading
 import time
@@ -38,6 +39,7 @@ from cityos.core import audit, db
 from cityos.core.access import SYSTEM
 from cityos.core.crypto import Keyring
 from cityos.core.identifiers import citizen_id_with_check
+from cityos.core.models import AuditRecord
 from cityos.core.settings import load_settings
 from cityos.hub import service as hub
 from cityos.hub import store as hub_store
@@ -245,6 +247,52 @@ def _crash_and_restart(engine: Engine, sessions: sessionmaker[Session], servers:
         assert all(present) or not any(present), f"MQTT message {i} half stored"
         expected.update({(ds, t): v for ds, t, v in rows})
     assert {k: v[0] for k, v in got.items()} == {k: expected.get(k) for k in got}  # nothing else, as sent
+
+
+def test_kill_9_during_audited_reads(engine, sessions, servers):
+    """Shared reads are audited by group commit (one transaction for the records of concurrent
+    reads): every read answered before a `kill -9` has its record, holding the request hash the
+    answer carried, and the chain verifies."""
+    with sessions() as s:
+        seed_small_city(s)
+        code = hub.resource_create(s, SYSTEM, people_spec()).code
+        s.commit()
+    srv = servers(engine.url.render_as_string(hide_password=False))
+    srv.start()
+    srv.ready()
+    with httpx.Client(base_url=srv.url, timeout=60) as client:
+        police = login(client, "police_staff")
+        assert upload(client, code, people_csv(V1_ROWS), police, wait=True).status_code == 201
+    answered: list[tuple[str, str]] = []
+    failures: list[str] = []
+
+    def reader(k: int) -> None:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            for i in itertools.count():
+                try:
+                    r = c.get(f"/api/hub/resources/{code}/rows", headers=police,
+                              params={"purpose": "户籍核查", "limit": 5, "offset": (k + i) % 20})
+                except httpx.HTTPError:
+                    return  # the kill
+                if r.status_code != 200:
+                    failures.append(r.text)
+                    return
+                answered.append((r.headers["X-Audit-Record"], r.headers["X-Request-Hash"]))
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(answered) >= 300 or bool(failures), timeout=120, what="reads under way")
+    srv.kill()
+    for t in threads:
+        t.join(60)
+    assert not failures, failures[:3]
+    with sessions() as s:
+        logged = {r.hash: r.detail["request_hash"] for r in s.scalars(
+            select(AuditRecord).where(AuditRecord.action == "hub.data.read"))}
+    missing = [h for h, rhash in answered if logged.get(h) != rhash]
+    assert not missing, f"{len(missing)} of {len(answered)} answered reads have no audit record"
+    audit_ok(sessions)
 
 
 # -- PostgreSQL stopped and started under load --------------------------------------------------

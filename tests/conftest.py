@@ -111,6 +111,15 @@ def engine(_engine: Engine) -> Engine:
 
 
 @pytest.fixture
+def sqlite_only(request: pytest.FixtureRequest) -> None:
+    """For what is decided before the database is reached (middleware, pages, file checks): once,
+    on SQLite. Skips before the PostgreSQL engine is even built."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("db_url", "sqlite") != "sqlite":
+        pytest.skip("decided before the database is reached: once, on SQLite")
+
+
+@pytest.fixture
 def backend(engine: Engine) -> str:
     return engine.dialect.name
 

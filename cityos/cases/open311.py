@@ -49,7 +49,14 @@ from cityos.core.access import Actor
 from cityos.core.db import utcnow
 from cityos.core.errors import CityOSError, FieldError, Forbidden, Invalid, NotFound
 from cityos.core.models import ApiKey
-from cityos.core.web import SessionDep, _audit_denial, answering_errors_with, language, platform_of
+from cityos.core.web import (
+    SessionDep,
+    _audit_denial,
+    answer_errors_in,
+    answering_errors_with,
+    language,
+    platform_of,
+)
 
 SPEC = "http://wiki.open311.org/GeoReport_v2"
 LINES = ("hotline", "citymgmt")  # the lines offered as Open311 services
@@ -80,6 +87,7 @@ async def open311_error(request: Request, exc: CityOSError) -> Response:
 
 
 Open311Route = answering_errors_with(open311_error)
+answer_errors_in("/open311/", open311_error)
 ratelimit.answer_in("/open311/", lambda request, detail: errors(format_of_path(request.url.path), 429,
                                                                 [(429, detail)]))
 router = APIRouter(prefix="/open311/v2", tags=["Open311 GeoReport v2"], route_class=Open311Route)

@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import cityos
 from cityos.core import access, audit, auth, crypto, db, i18n, ratelimit
 from cityos.core.access import ANONYMOUS, Actor
-from cityos.core.errors import CityOSError, FieldError, Invalid, TooLarge, Unauthorized
+from cityos.core.errors import BadRequest, CityOSError, FieldError, Invalid, TooLarge, Unauthorized
 from cityos.core.settings import Settings
 
 log = logging.getLogger("cityos.web")
@@ -394,6 +394,16 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+ErrorAnswer = Callable[[Request, CityOSError], Awaitable[Response]]
+ERROR_ANSWERS: list[tuple[str, ErrorAnswer]] = []
+
+
+def answer_errors_in(prefix: str, answer: ErrorAnswer) -> None:
+    """Answer errors found before routing (a NUL in the URL) under `prefix` with `answer`, the
+    standard's own error shape (CKAN, Open311, OGC API, SensorThings), as its routes do."""
+    ERROR_ANSWERS.append((prefix, answer))
+
+
 class RefuseNul:
     """Refuse a NUL character anywhere in the URL (400, naming the parameter) before any route sees
     it: no name, code or search term holds one, SQLite cuts a value short at it (a search for
@@ -408,6 +418,14 @@ class RefuseNul:
             await self.app(scope, receive, send)
             return
         reason = "a NUL character (%00) is not allowed / 不允许包含空字符"
+        for prefix, answer in ERROR_ANSWERS:
+            if scope["path"].startswith(prefix):  # a standard's clients read their own error shape
+                clean = {**scope, "path": scope["path"].replace("\x00", ""), "query_string": b""}
+                refusal = BadRequest(f"{field}: {reason}")
+                refusal.errors = [FieldError(field, reason)]
+                response = await answer(Request(clean, receive), refusal)
+                await response(scope, receive, send)
+                return
         body = orjson.dumps({"type": "/problems/bad-request", "title": "Bad request", "status": 400,
                              "detail": f"{field}: {reason}", "instance": scope["path"].replace("\x00", ""),
                              "errors": [{"field": field, "reason": reason}]})

@@ -42,7 +42,13 @@ from cityos.core.basic_auth import REALM
 from cityos.core.basic_auth import BasicActor as OgcActor
 from cityos.core.errors import CityOSError, Invalid
 from cityos.core.service import MAX_OFFSET
-from cityos.core.web import SessionDep, _audit_denial, answering_errors_with, standard_problem
+from cityos.core.web import (
+    SessionDep,
+    _audit_denial,
+    answer_errors_in,
+    answering_errors_with,
+    standard_problem,
+)
 from cityos.maps import crs as crs_mod
 from cityos.maps import ogc_html, service, store
 from cityos.maps import ogc_params as params
@@ -92,6 +98,7 @@ async def ogc_error(request: Request, exc: CityOSError) -> Response:
 
 
 OgcRoute = answering_errors_with(ogc_error)
+answer_errors_in("/ogc/", ogc_error)
 
 
 router = APIRouter(prefix="/ogc", tags=["OGC API - Features"], route_class=OgcRoute)

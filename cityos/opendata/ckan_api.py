@@ -25,7 +25,7 @@ from cityos.core import access, auth, db, ratelimit
 from cityos.core.access import ANONYMOUS, Actor
 from cityos.core.errors import CityOSError, Forbidden, Invalid, NotFound, Unauthorized
 from cityos.core.models import Department
-from cityos.core.web import SessionDep, get_actor
+from cityos.core.web import SessionDep, answer_errors_in, get_actor
 from cityos.opendata import ckan_query, rows, search, service, snapshot, sql
 from cityos.opendata.applications import KEY_TAG, USAGE
 from cityos.opendata.ckan_query import as_bool, as_int, as_list, as_str
@@ -104,15 +104,26 @@ def _answer(status: int, body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status_code=status, media_type=JSON)
 
 
-def _too_many(request: Request, detail: str) -> Response:
-    """A 429 from the rate limiter, in CKAN's error shape."""
+def _refused(request: Request, status: int, kind: str, message: str) -> Response:
+    """A request refused before it reached an action, in CKAN's error shape."""
     base = str(request.base_url).rstrip("/")
-    return _answer(429, {"help": f"{base}/api/3/action/help_show", "success": False,
-                         "error": {"__type": "Too Many Requests", "message": detail}})
+    return _answer(status, {"help": f"{base}/api/3/action/help_show", "success": False,
+                            "error": {"__type": kind, "message": message}})
 
 
-ratelimit.answer_in("/api/3/action/", _too_many)
-ratelimit.answer_in("/api/action/", _too_many)
+def _too_many(request: Request, detail: str) -> Response:
+    """A 429 from the rate limiter."""
+    return _refused(request, 429, "Too Many Requests", detail)
+
+
+async def _bad_url(request: Request, exc: CityOSError) -> Response:
+    """A URL refused before routing (a NUL character in it)."""
+    return _refused(request, 400, "Bad Request", f"Bad request - {exc.detail}")
+
+
+for _prefix in ("/api/3/action/", "/api/action/"):
+    ratelimit.answer_in(_prefix, _too_many)
+    answer_errors_in(_prefix, _bad_url)
 
 
 def _error(exc: Exception) -> tuple[int, dict[str, Any]]:

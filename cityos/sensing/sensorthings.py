@@ -35,7 +35,7 @@ from cityos.core import access
 from cityos.core.access import Actor, Target
 from cityos.core.basic_auth import REALM, basic_credentials, basic_or_actor
 from cityos.core.errors import CityOSError, Conflict, Invalid, NotFound, Unauthorized
-from cityos.core.web import SessionDep, answering_errors_with, platform_of, standard_problem
+from cityos.core.web import SessionDep, answer_errors_in, answering_errors_with, platform_of, standard_problem
 from cityos.sensing import service, sta_query
 from cityos.sensing import sta_write as write
 from cityos.sensing.runtime import runtime_of
@@ -82,6 +82,7 @@ async def sta_error(request: Request, exc: CityOSError) -> Response:
 
 
 StaRoute = answering_errors_with(sta_error)
+answer_errors_in("/sta/", sta_error)
 
 
 router = APIRouter(prefix=PREFIX, tags=["SensorThings API"], route_class=StaRoute)

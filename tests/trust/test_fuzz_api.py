@@ -49,14 +49,7 @@ from tests.trust import fuzzing
 EXAMPLES = {"sqlite": 3, "postgresql": 1}
 ANONYMOUS_EXAMPLES = 1
 # Findings still open: (test's suite, "METHOD /path: kind") -> why it is not fixed yet. Empty is the goal.
-_NUL = ("core.web.RefuseNul refuses a NUL in the URL before routing, always as a bare RFC 9457 document: "
-        "standards' prefixes need their own shape (as ratelimit.answer_in gives 429s)")
-KNOWN: dict[tuple[str, str], str] = {
-    ("ogc", "GET /ogc/collections/{collectionId}/items: NUL refusal format"): _NUL,
-    ("sta", "GET /sta/v1.1/{path}: NUL refusal format"): _NUL,
-    ("ckan", "GET /api/3/action/{name}: NUL refusal format"): _NUL,
-    ("open311", "GET /open311/v2/requests.{fmt}: NUL refusal format"): _NUL,
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 @dataclass

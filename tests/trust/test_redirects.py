@@ -43,14 +43,6 @@ def on_site(location: str) -> bool:
     return seen.startswith("/") and not seen.startswith("//") and not parts.scheme and not parts.netloc
 
 
-@pytest.fixture
-def sqlite_only(request: pytest.FixtureRequest) -> None:
-    """Where a redirect goes is the pages' business, not the database's: once, on SQLite."""
-    callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and callspec.params.get("db_url", "sqlite") != "sqlite":
-        pytest.skip("the pages' business, not the database's: once, on SQLite")
-
-
 def test_on_site_judges_like_a_browser() -> None:
     assert on_site("/console") and on_site("/console/cases?done=file") and on_site("/%2F%2Fevil.example")
     for target in ELSEWHERE:

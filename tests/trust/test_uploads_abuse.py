@@ -53,13 +53,6 @@ def refs(city: Any, sessions: Any) -> Refs:
     return build_city(city, sessions)
 
 
-@pytest.fixture
-def sqlite_only(backend: str) -> None:
-    """For what happens before the database is reached (files, bodies): once, on SQLite."""
-    if backend != "sqlite":
-        pytest.skip("decided before the database is reached: once, on SQLite")
-
-
 def multipart(filename: bytes, content: bytes, content_type: bytes = b"text/csv",
               **fields: str) -> tuple[bytes, dict[str, str]]:
     """A multipart body built by hand, so a file name can hold anything (a NUL, backslashes)."""

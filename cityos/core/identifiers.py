@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 from stdnum import exceptions as stdnum_exc
 from stdnum.cn import ric, uscc
@@ -48,8 +49,21 @@ def validate_citizen_id(value: str, field: str = "id_number") -> str:
         raise Invalid(field, _reason(exc, "ID number")) from None
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def valid_credit_code(value: str) -> str | None:
+    """The normalized code if `value` is a valid credit code, else None. Remembered: a column of
+    employers, operators or licence issuers repeats a few thousand codes over millions of rows."""
+    try:
+        return str(uscc.validate(value))
+    except stdnum_exc.ValidationError:
+        return None
+
+
 def validate_credit_code(value: str, field: str = "credit_code") -> str:
     """Return the normalized 18-character unified social credit code or raise Invalid."""
+    valid = valid_credit_code(value) if value else None
+    if valid is not None:
+        return valid
     compact = uscc.compact(value or "")
     if len(compact) != 18:
         raise Invalid(field, f"credit code must have 18 characters, got {len(compact)} / 应为18位")

@@ -152,8 +152,9 @@ class _Rows:
                 self.report.add([validate.RowError(line, None, str(exc))])
         self.write(out)
 
-    def write(self, encoded: list[tuple[int, tuple[Any, ...]]]) -> None:
-        """Refuse duplicate keys among encoded rows, then write them (unless the load will fail)."""
+    def write(self, encoded: list[tuple[int, tuple[Any, ...]]], converted: bool = False) -> None:
+        """Refuse duplicate keys among encoded rows, then write them (unless the load will fail);
+        `converted`: the rows' dates are already what SQLite stores (done by a worker)."""
         out = []
         seen = self.seen
         for line, row in encoded:
@@ -166,7 +167,7 @@ class _Rows:
             out.append(row)
         if self.report.rows and not self.keep_valid:
             return  # the load will be refused; keep validating so the report is complete
-        self.writer.add(out)
+        self.writer.add(out, converted)
 
 
 def _finish(session: Session, actor: Actor, res: Resource, rows: _Rows, *, rows_in: int, source: str,
@@ -283,14 +284,18 @@ def _workers(size: int | None, rows: _Rows) -> int:
 
 
 def _worker_start(resource_id: int, fields: list[store.Field], key_fields: list[str], ring: Any,
-                  rules: list[validate.ItemRule], columns: list[str | None]) -> None:
-    _worker["encode"] = store.Encoder(store.build_layout(resource_id, fields, key_fields), ring).encode
+                  rules: list[validate.ItemRule], columns: list[str | None], sqlite: bool) -> None:
+    layout = store.build_layout(resource_id, fields, key_fields)
+    _worker["encode"] = store.Encoder(layout, ring).encode
     _worker["check"] = validate.compile_rows(rules, columns).check
+    # Dates become SQLite's text here too, off the writing process (positions as in Writer.columns).
+    columns_out = ["_key", "_hash", *layout.item_columns]
+    _worker["convert"] = store.sqlite_converters(layout, columns_out) if sqlite else []
 
 
 def _worker_batch(batch: list[tuple[int, Any]]
                   ) -> tuple[list[tuple[int, tuple[Any, ...]]], list[list[validate.RowError]]]:
-    encode, check = _worker["encode"], _worker["check"]
+    encode, check, convert = _worker["encode"], _worker["check"], _worker["convert"]
     out, errors = [], []
     for line, values in batch:
         typed, errs = check(line, values)
@@ -298,16 +303,25 @@ def _worker_batch(batch: list[tuple[int, Any]]
             errors.append(errs)
             continue
         try:
-            out.append((line, encode(typed)))
+            row = encode(typed)
         except ValueError as exc:
             errors.append([validate.RowError(line, None, str(exc))])
+            continue
+        if convert:
+            cells = list(row)
+            for pos, conv in convert:
+                if cells[pos] is not None:
+                    cells[pos] = conv(cells[pos])
+            row = tuple(cells)
+        out.append((line, row))
     return out, errors
 
 
 def _parallel(reader: parsing.TableReader, rows: _Rows, rules: list[validate.ItemRule],
               columns: list[str | None], workers: int, progress: Progress | None) -> int:
     lay = rows.layout
-    start = (lay.resource_id, lay.fields, lay.key_fields, rows.ring, rules, columns)
+    sqlite = rows.writer.sqlite
+    start = (lay.resource_id, lay.fields, lay.key_fields, rows.ring, rules, columns, sqlite)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_start, initargs=start)
     pending: deque[Future[Any]] = deque()
@@ -318,7 +332,7 @@ def _parallel(reader: parsing.TableReader, rows: _Rows, rules: list[validate.Ite
             rows.report.add(errs)
         if not lay.key_fields:  # a keyless row's key is its ordinal in this load, not in a worker's
             out = [(line, (rows.enc.key({}), *row[1:])) for line, row in out]
-        rows.write(out)
+        rows.write(out, converted=sqlite)
 
     rows_in = 0
     try:

@@ -350,10 +350,10 @@ class Writer:
         self.convert = sqlite_converters(layout, self.columns) if self.sqlite else []
         self.deferred: list[Index] = []
 
-    def add(self, rows: list[tuple[Any, ...]]) -> None:
-        """Write a batch of `Encoder.encode` rows."""
+    def add(self, rows: list[tuple[Any, ...]], converted: bool = False) -> None:
+        """Write a batch of `Encoder.encode` rows (`converted`: already through `sqlite_converters`)."""
         v = self.version
-        if self.convert:
+        if self.convert and not converted:
             out: list[Any] = []
             for r in rows:
                 row = [*r, v]

@@ -21,13 +21,12 @@ from functools import lru_cache
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from stdnum import exceptions as stdnum_exc
 from stdnum import numdb
-from stdnum.cn import ric, uscc
+from stdnum.cn import ric
 
 from cityos.core.audit import scrub
 from cityos.core.errors import Invalid
-from cityos.core.identifiers import validate_citizen_id, validate_credit_code
+from cityos.core.identifiers import valid_credit_code, validate_citizen_id, validate_credit_code
 from cityos.hub.parsing import RowFault
 
 TYPES = ("string", "integer", "number", "boolean", "date", "datetime", "citizen_id", "credit_code", "phone")
@@ -379,10 +378,8 @@ def _credit_code(rule: ItemRule) -> Converter:
         if not (s := _code_text(rule, v)):
             _empty(required)
             return None
-        try:
-            return str(uscc.validate(s))  # uscc directly: core's wrapper compacts twice
-        except stdnum_exc.ValidationError:
-            pass
+        if (valid := valid_credit_code(s)) is not None:  # remembered: codes repeat down a column
+            return valid
         try:  # for core's precise reason
             return validate_credit_code(s, rule.name)
         except Invalid as exc:

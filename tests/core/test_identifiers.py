@@ -50,5 +50,20 @@ def test_credit_codes():
         validate_credit_code("1122")
 
 
+def test_credit_codes_remembered_stay_right():
+    """Valid codes are remembered for the next row; a wrong one is refused every time, and the
+    field named is the caller's, not that of the call that filled the memory."""
+    good = credit_code_with_check("91220200MA0000007")
+    bad = good[:-1] + ("0" if good[-1] != "0" else "1")
+    for _ in range(3):
+        assert validate_credit_code(good, "employer") == good
+        assert validate_credit_code(" " + good.lower() + " ") == good
+        with pytest.raises(Invalid, match="check digit") as err:
+            validate_credit_code(bad, "operator")
+        assert err.value.errors[0].field == "operator"
+    with pytest.raises(Invalid, match="18 characters"):
+        validate_credit_code("")
+
+
 def test_mask():
     assert mask_citizen_id("22020219900307002X") == "2202************2X"

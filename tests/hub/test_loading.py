@@ -296,6 +296,34 @@ def test_datetime_items_are_utc(session, keyring):
     assert row["at"] == dt.datetime(2024, 5, 1, 0, 30, tzinfo=dt.UTC)
 
 
+def test_worker_processes_store_dates_and_times_as_a_serial_load_does(session, keyring, monkeypatch):
+    """Workers turn dates and datetimes into SQLite's text themselves (off the writing process):
+    what is stored, byte for byte, and what reads back are those of a load in one process."""
+    seed_small_city(session)
+    spec = people_spec(items=[
+        {"name": "code", "title": "编号", "type": "string", "is_key": True},
+        {"name": "at", "title": "时间", "type": "datetime"},
+        {"name": "day", "title": "日期", "type": "date"},
+        {"name": "n", "title": "数量", "type": "integer"},
+    ])
+    serial, parallel = (service.resource_create(session, SYSTEM, dict(spec)) for _ in range(2))
+    session.commit()
+    data = "编号,时间,日期,数量\n" + "".join(
+        f"S{i},2024-05-0{1 + i % 9} 0{i % 10}:30:00{'+00:00' if i % 2 else ''},2023-12-{10 + i % 20},{i}\n"
+        for i in range(40)) + "S40,,,\n"
+    load(session, serial.code, data.encode())
+    monkeypatch.setattr(loading, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(loading, "MAX_WORKERS", 1)
+    monkeypatch.setattr(loading, "BATCH", 16)
+    load(session, parallel.code, data.encode())
+    fields = ("code", "at", "day", "n")
+    assert stored(session, parallel, fields) == stored(session, serial, fields)
+    assert stored(session, parallel, fields)[1]["at"] == dt.datetime(2024, 5, 2, 1, 30, tzinfo=dt.UTC)
+    raw = [session.execute(text(f'SELECT _key, at, day, n FROM "{r.table_name}" ORDER BY _key')).all()
+           for r in (serial, parallel)]
+    assert raw[0] == raw[1] and len(raw[0]) == 41
+
+
 def test_large_files_go_through_worker_processes_with_the_same_outcome(session, people, monkeypatch):
     monkeypatch.setattr(loading, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(loading, "MAX_WORKERS", 1)  # one spawned process is enough to prove it

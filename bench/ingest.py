@@ -70,6 +70,7 @@ from common import cpu_seconds, free_port, stop  # noqa: E402
 
 from cityos.core import auth, db  # noqa: E402
 from cityos.core.models import Department  # noqa: E402
+from cityos.core.settings import Settings  # noqa: E402
 from cityos.models_registry import import_all_models  # noqa: E402
 from cityos.sensing import ingest, store  # noqa: E402
 from cityos.sensing.models import Datastream, Location, ObservedProperty, Rule, Sensor, Thing  # noqa: E402
@@ -191,7 +192,8 @@ def raw_rate(url: str, ids: list[int], t0: int, requests: int) -> float:
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             raw = conn.connection.driver_connection
-            raw.execute("PRAGMA cache_size=-32768")  # the writer's own settings: the same store
+            mb = Settings.model_fields["sensing_sqlite_cache_mb"].default  # the writer's own settings
+            raw.execute(f"PRAGMA cache_size=-{mb * 1024}")
             raw.execute("PRAGMA synchronous=FULL")
             marks = ", ".join("?" * 11)
             sql = f"INSERT INTO sensor_observations ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING"

@@ -40,7 +40,7 @@ def serve(
 
     settings = core_cli.settings_or_exit()
     logs.setup(settings.log_level)
-    _fewer_malloc_arenas()
+    _tune_malloc()
     try:
         application = create_app(settings)
     except db.NotMigrated as exc:
@@ -50,9 +50,14 @@ def serve(
                 log_config=None, proxy_headers=False)
 
 
-def _fewer_malloc_arenas(arenas: int = 2) -> None:
+def _tune_malloc(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> None:
     """glibc gives threads their own malloc arenas (up to 8 per core) that each keep freed memory:
-    the server's worker, writer and rules threads then grow resident memory for nothing. Two do."""
+    the server's worker, writer and rules threads then grow resident memory for nothing. Two do.
+
+    And glibc raises its mmap threshold to the largest block freed so far, so that after the first
+    request body of a few hundred KB such blocks come from the heap, where freeing them leaves holes
+    instead of returning them (+12 MB of free heap in the ingest soak; 5 MB with the threshold
+    fixed, which also keeps glibc's trim threshold at its default)."""
     import ctypes
     import ctypes.util
 
@@ -60,7 +65,9 @@ def _fewer_malloc_arenas(arenas: int = 2) -> None:
     if not name:
         return
     try:
-        ctypes.CDLL(name).mallopt(-8, arenas)  # M_ARENA_MAX
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
 

@@ -98,8 +98,12 @@ class Settings(BaseSettings):
         description="Readings that may wait for the database before ingest answers 429 (HTTP) or holds "
                     "back PUBACKs (MQTT)",
     )
-    sensing_sqlite_cache_mb: int = Field(32, ge=2, le=1024,
-                                         description="SQLite page cache of the ingest writer's connection")
+    sensing_sqlite_cache_mb: int = Field(
+        8, ge=2, le=1024,
+        description="SQLite page cache of the ingest writer's own connection, in MB. Its hot pages are the "
+                    "newest index page of each stream and the rollups being written: 8 MB holds them for "
+                    "~1,000 streams; raise it for many more streams writing at once",
+    )
     cases_limit_urgent_days: int = Field(0, ge=0, le=30, description="Time limit of an urgent hotline case "
                                          "in working days (0: the same working day)")
     cases_limit_consultation_days: int = Field(3, ge=0, le=60, description="Time limit of a consultation "

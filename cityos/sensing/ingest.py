@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
 from cityos.core.errors import CityOSError, Invalid, NotFound
@@ -212,9 +212,12 @@ class Streams:
     reloaded after `ttl` seconds anyway: another process (the CLI re-keying a device, a second
     worker) may have changed them."""
 
-    def __init__(self, engine: Engine, ttl: float = 60.0) -> None:
+    def __init__(self, engine: Engine, ttl: float = 60.0, max_entries: int = 200_000) -> None:
         self.engine = engine
         self.ttl = ttl
+        # Ids that do not exist are remembered too (as None), so a sender of made-up ids could
+        # otherwise grow the cache without end: past `max_entries` the stale ones go, or all.
+        self.max_entries = max_entries
         self._cache: dict[int, tuple[StreamInfo | None, float]] = {}
         self._lock = threading.Lock()
 
@@ -270,8 +273,13 @@ class Streams:
                         ds.id, ds.kind, ds.department_id, path, ds.thing_id, device_key, ds.observation_type,
                         members, tuple(ds.multi_observation_types or ()), fois[ds.thing_id])
             session.commit()
-        until = time.monotonic() + self.ttl
+        now = time.monotonic()
+        until = now + self.ttl
         with self._lock:
+            if len(self._cache) + len(ids) > self.max_entries:
+                self._cache = {k: v for k, v in self._cache.items() if v[1] >= now}
+                if len(self._cache) + len(ids) > self.max_entries:
+                    self._cache.clear()
             for i in ids:
                 self._cache[i] = (found.get(i), until)
         return found
@@ -327,15 +335,17 @@ class Writer:
     """The process's one writer of readings: a bounded queue and a thread doing group commits."""
 
     def __init__(self, engine: Engine, *, max_pending: int = 200_000, max_batch: int = 20_000,
-                 sqlite_cache_mb: int = 32, flush_seconds: float = 1.0) -> None:
+                 sqlite_cache_mb: int = 8, flush_seconds: float = 1.0) -> None:
         self.engine = engine
         # Readings of many streams land all over the (stream, time) index: a larger page cache than
-        # SQLite's 2 MB default keeps those pages in memory (a set size, so memory stays flat).
+        # SQLite's 2 MB default keeps those pages in memory. It is set on the writer's own connection
+        # only (see `_connection`), so the process holds one such cache, not one per pooled connection.
         sqlite = engine.dialect.name == "sqlite"
         self._pragmas = [f"PRAGMA cache_size=-{sqlite_cache_mb * 1024}",
                          # An acknowledged reading must survive a power cut, not only a crash: the
                          # writer fsyncs each batch's commit (one per batch, not per reading).
                          "PRAGMA synchronous=FULL"] if sqlite else []
+        self._conn: Connection | None = None
         self.max_pending = max_pending
         self.max_batch = max_batch
         self.streams = Streams(engine)
@@ -432,28 +442,56 @@ class Writer:
             self._cond.notify_all()
 
     def _run(self) -> None:
-        while True:
-            jobs = self._take()
-            if not jobs:
-                if self.owed:
-                    try:
-                        self.settle()
-                    except Exception:  # retried on the next batch or idle turn; catch_up covers a crash
-                        log.exception("writing rollups failed")
-                if self._stopping:
-                    return
-                continue
-            self._flush(jobs)
+        try:
+            while True:
+                jobs = self._take()
+                if not jobs:
+                    if self.owed:
+                        try:
+                            self.settle()
+                        except Exception:  # retried on the next batch or idle turn; catch_up covers a crash
+                            log.exception("writing rollups failed")
+                    if self._stopping:
+                        return
+                    continue
+                self._flush(jobs)
+        finally:
+            self._close_connection()
 
-    def _flush(self, jobs: list[_Job]) -> None:
+    def _connection(self) -> Connection:
+        """The writer thread's own connection, kept from batch to batch (opened again after a failure).
+
+        Taking a pooled connection per batch would hand the writer a different one each time: each
+        of them would get the writer's large page cache and fill it, and each would find its cache
+        stale (another connection wrote since) and start it over."""
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            conn = self.engine.connect()
+            with conn.begin():
+                for pragma in self._pragmas:
+                    conn.exec_driver_sql(pragma)
+            self._conn = conn
+        return self._conn
+
+    def _close_connection(self) -> None:
+        """Close the writer's connection for good rather than hand it back to the pool with the
+        writer's settings (its page cache size, synchronous=FULL)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.invalidate()
+            conn.close()
+        except Exception:  # a connection that is already broken: nothing left to close
+            log.debug("closing the writer's connection failed", exc_info=True)
+
+    def _flush(self, jobs: list[_Job], again: bool = False) -> None:
         rows = [r for job in jobs for r in job.rows]
         thing_of = {info.id: info.thing_id for info in self.streams.many({r[0] for r in rows}).values()}
         batch = store.Pending()
         settle = False
         try:
-            with self.engine.begin() as conn:
-                for pragma in self._pragmas:
-                    conn.exec_driver_sql(pragma)
+            conn = self._connection()
+            with conn.begin():
                 if not self._caught_up:
                     self.stats.caught_up += store.catch_up(conn)
                 written = store.write(conn, rows, thing_of, now_ms(), owed=batch)
@@ -463,6 +501,13 @@ class Writer:
                 if settle:
                     store.flush(conn, self.owed.merged(batch))
         except Exception as exc:  # nothing of the batch is stored: fail each submitter, keep running
+            self._close_connection()
+            if getattr(exc, "connection_invalidated", False) and not again:
+                # The database dropped the kept connection (a restart, a failover): the pool would
+                # have found that out before handing it over; retry once on a fresh one.
+                log.warning("the writer's database connection was lost; retrying the batch")
+                self._flush(jobs, again=True)
+                return
             log.exception("ingest batch of %d readings failed", len(rows))
             self.stats.failed_batches += 1
             self._release(len(rows))
@@ -490,8 +535,13 @@ class Writer:
         """Write what committed readings still owe the rollups (at shutdown, and when idle)."""
         if not self.owed:
             return
-        with self.engine.begin() as conn:
-            store.flush(conn, self.owed)
+        conn = self._connection()
+        try:
+            with conn.begin():
+                store.flush(conn, self.owed)
+        except Exception:
+            self._close_connection()
+            raise
         self.owed = store.Pending()
         self._flushed_at = time.monotonic()
 

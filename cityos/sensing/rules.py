@@ -567,14 +567,20 @@ class Engine:
     """The rules engine (规则引擎): a writer listener and one worker thread."""
 
     def __init__(self, engine: sqlalchemy.Engine, *, tick_seconds: float = 5.0,
-                 reload_seconds: float = 60.0) -> None:
+                 reload_seconds: float = 60.0, max_queued: int = 200_000, wait_seconds: float = 30.0) -> None:
         self.engine = engine
         self.tick_seconds, self.reload_seconds = tick_seconds, reload_seconds
+        # Readings waiting for evaluation are bounded: past `max_queued` the writer waits for the
+        # worker (ingest slows down, and answers 429 when its own queue is full) rather than memory
+        # growing; after `wait_seconds` the batch goes unevaluated, counted and logged.
+        self.max_queued, self.wait_seconds = max_queued, wait_seconds
         self.fed = 0  # batches received (tests wait on it: listeners run after the writer's ack)
+        self.skipped = 0  # readings never evaluated because the worker stayed behind
         self._index = Index()
         self._states: dict[tuple[int, int], State] = {}
         self._latest: dict[int, tuple[int, float]] = {}
         self._queue: deque[Written] = deque()
+        self._queued = 0  # readings in _queue
         self._cond = threading.Condition()
         self._lock = threading.RLock()  # held while evaluating: the state has one owner at a time
         self._busy = False
@@ -590,8 +596,20 @@ class Engine:
         self.fed += 1  # only the writer thread calls this
         if not self._index.rules and self._loaded:
             return  # no rule at all: nothing to look at
+        n = len(written.new)
         with self._cond:
+            deadline = time.monotonic() + self.wait_seconds
+            while (self._queued and self._queued + n > self.max_queued and not self._stopping
+                   and self._thread is not None):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.skipped += n
+                    log.error("rules evaluation is %d readings behind: %d readings were not evaluated "
+                              "(alerts may be missing)", self._queued, n)
+                    return
+                self._cond.wait(left)
             self._queue.append(written)
+            self._queued += n
             self._cond.notify_all()
 
     def reload(self) -> None:
@@ -659,6 +677,7 @@ class Engine:
                 batches = list(self._queue)
                 self._queue.clear()
                 self._busy = True
+            taken = sum(len(w.new) for w in batches)
             try:
                 if time.monotonic() >= self._reload_at:
                     self._reload_at = time.monotonic() + self.reload_seconds  # even if it fails
@@ -673,6 +692,7 @@ class Engine:
                 log.exception("rules evaluation failed")
             finally:
                 with self._cond:
+                    self._queued -= taken  # only now: the batches were held until evaluated
                     self._busy = False
                     self._cond.notify_all()
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes.util
+import platform
+import subprocess
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
@@ -63,3 +68,33 @@ def test_bad_setting_is_named(monkeypatch):
     result = runner.invoke(cli_app, ["department", "list"])
     assert result.exit_code == 2
     assert "CITYOS_DATABASE_URL" in result.output
+
+
+_MALLOC_PROBE = """
+import ctypes, ctypes.util, sys
+from cityos import cli
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "tuned":
+    cli._tune_malloc()
+libc.free(libc.malloc(4 << 20))  # a big block freed: glibc would raise its mmap threshold to 4 MB
+before = libc.mallinfo2().hblks
+blocks = [libc.malloc(256 << 10) for _ in range(40)]  # request bodies; a few may fit holes in the heap
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.parametrize("mode, mapped", [("tuned", True), ("default", False)])
+def test_serve_keeps_large_blocks_out_of_the_heap(mode, mapped):
+    """`cityos serve` fixes glibc's mmap threshold: a block of a few hundred KB is mapped (and given
+    back when freed) even after a larger one was freed, instead of leaving a hole in the heap."""
+    if platform.libc_ver()[0] != "glibc" or not ctypes.util.find_library("c"):
+        pytest.skip("glibc's malloc only")
+    out = subprocess.run([sys.executable, "-c", _MALLOC_PROBE, mode], capture_output=True, text=True,
+                         check=True, env={"PATH": ""})  # no MALLOC_* tunables
+    assert (int(out.stdout.split()[-1]) >= 30) is mapped, out.stdout + out.stderr

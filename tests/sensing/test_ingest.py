@@ -136,3 +136,62 @@ def test_stream_cache_knows_the_thing_and_makes_its_feature_of_interest(engine, 
     assert info.thing_id == thing.id and info.foi_id is not None
     assert writer.streams.get(ds.id).foi_id == info.foi_id  # cached, and made only once
     assert writer.streams.get(999_999) is None
+
+
+def _driver(w: Writer):
+    assert w._conn is not None
+    return w._conn.connection.driver_connection
+
+
+def test_the_writer_keeps_one_connection_and_its_page_cache_stays_on_it(engine, thing_factory):
+    """Each pooled connection the writer borrowed used to get (and fill) its large page cache: the
+    writer now keeps one connection of its own and closes it, rather than pooling it, when it stops."""
+    _, (ds,) = thing_factory()
+    w = Writer(engine, sqlite_cache_mb=7)  # a size no other connection has
+    try:
+        used = set()
+        for k in range(5):
+            w.write_sync([row(ds.id, T0 + k * 10 + i, 1.0) for i in range(10)])
+            used.add(id(_driver(w)))
+            with engine.connect():  # the pool's connections go round meanwhile
+                pass
+        assert len(used) == 1
+        if engine.dialect.name == "sqlite":
+            assert _driver(w).execute("PRAGMA cache_size").fetchone()[0] == -7 * 1024
+    finally:
+        w.stop()
+    assert w._conn is None
+    if engine.dialect.name == "sqlite":  # none of the pool's connections carries the writer's settings
+        held = [engine.connect() for _ in range(5)]
+        try:
+            sizes = {c.connection.driver_connection.execute("PRAGMA cache_size").fetchone()[0] for c in held}
+            assert -7 * 1024 not in sizes
+        finally:
+            for c in held:
+                c.close()
+    assert _count(engine) == 50
+
+
+def test_the_writer_gets_a_new_connection_when_the_database_dropped_its_own(engine, thing_factory, writer):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a server that ends a connection: PostgreSQL")
+    _, (ds,) = thing_factory()
+    writer.write_sync([row(ds.id, T0 + i, 1.0) for i in range(10)])
+    pid = _driver(writer).info.backend_pid
+    with engine.connect() as conn:  # what a server restart or failover does to it
+        assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
+    written = writer.write_sync([row(ds.id, T0 + 100 + i, 1.0) for i in range(10)])
+    assert len(written.new) == 10 and writer.stats.failed_batches == 0
+    assert _driver(writer).info.backend_pid != pid and _count(engine) == 20
+
+
+def test_the_stream_cache_is_bounded_even_for_made_up_ids(engine, thing_factory):
+    _, (ds,) = thing_factory()
+    streams = ingest.Streams(engine, max_entries=10)
+    for k in range(5):  # a sender of ids that do not exist: each is remembered as unknown
+        assert streams.many(range(10_000 + k * 7, 10_000 + k * 7 + 7)) == {}
+        assert len(streams._cache) <= 10
+    assert streams.require(ds.id).id == ds.id and len(streams._cache) <= 10
+    streams.ttl = -1  # stale entries go first, before fresh ones would
+    streams.many(range(20_000, 20_009))
+    assert len(streams._cache) <= 10

@@ -3,6 +3,9 @@ from `writer.write_sync(rows)` to an Alert row (both databases)."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -284,3 +287,40 @@ def test_streams_without_rules_are_not_queued(h, city_session):
     _, (ds,) = make_thing(city_session)
     h.write([row(ds.id, T0 + i, float(i)) for i in range(1000)])
     assert h.rules.fed >= 1 and not h.rules._queue and h.alerts() == []
+
+
+def test_readings_waiting_for_evaluation_are_bounded(engine, writer, city_session):
+    """Past `max_queued` readings the writer waits for the worker; a worker that stays behind longer
+    than `wait_seconds` costs an unevaluated (counted) batch, never unbounded memory."""
+    _, (ds,) = make_thing(city_session)
+    engine_ = rules.Engine(engine, tick_seconds=3600, max_queued=10, wait_seconds=0.3)
+    h = Harness(engine, writer, engine_)
+    try:
+        h.rule("threshold", ds.id, {"op": ">", "value": 100})
+
+        def batch(k, n):
+            return ingest.Written([row(ds.id, T0 + k * 100 + i, 1.0) for i in range(n)], 0)
+
+        with engine_._lock:  # the worker takes the first batch, then waits on evaluating it
+            engine_.feed(batch(0, 10))
+            assert wait_until(lambda: engine_._busy)
+            engine_.feed(batch(1, 5))  # 15 > 10 for longer than 0.3 s: not evaluated, counted
+            assert engine_.skipped == 5 and engine_._queued == 10
+            held = threading.Thread(target=engine_.feed, args=(batch(2, 5),))
+            held.start()  # waits for room ...
+            time.sleep(0.1)
+            assert held.is_alive() and engine_._queued == 10
+        held.join(5)  # ... which the worker makes once it has evaluated the first batch
+        assert not held.is_alive() and engine_.drain(10)
+        assert engine_.skipped == 5 and engine_._queued == 0
+    finally:
+        h.close()
+
+
+def wait_until(check, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True

@@ -186,7 +186,8 @@ def test_publish_a_resource_through_the_console(od, session):
     assert od.post("/console/opendata/datasets/residents/nonsense", data={"csrf_token": csrf},
                    headers=HTML).status_code == 404
     steps = session.scalars(select(AuditRecord.action).where(
-        AuditRecord.object_id == "residents", AuditRecord.outcome == "success")).all()
+        AuditRecord.object_id == "residents", AuditRecord.outcome == "success")
+        .order_by(AuditRecord.seq)).all()  # PostgreSQL keeps no order unasked
     assert steps == ["opendata.dataset.draft", "opendata.dataset.update", "opendata.dataset.submit",
                      "opendata.dataset.provider_approve", "opendata.dataset.office_approve"]
 

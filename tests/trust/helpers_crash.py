@@ -99,27 +99,6 @@ def login(client: httpx.Client, username: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
-@contextmanager
-def served(app: Any) -> Iterator[str]:
-    """`app` behind a real uvicorn on a free loopback port, in this process (conftest's
-    live_server, for an app of the test's own)."""
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
 # -- MQTT: a device that remembers what the broker acknowledged ----------------------------------
 
 PER_MESSAGE = 5  # readings in one MQTT message: stored whole or not at all

@@ -47,7 +47,7 @@ from cityos.hub.models import Resource, Version
 from cityos.sensing import ingest
 from cityos.sensing.ingest import MEASUREMENT
 from tests.cases.conftest import seed_cases
-from tests.conftest import people_spec, seed_small_city
+from tests.conftest import people_spec, seed_small_city, served
 from tests.sensing.helpers_ingest import make_device
 from tests.sensing.helpers_mqtt import mosquitto, wait_for
 from tests.sensing.test_durability import Load, _check_store
@@ -67,7 +67,6 @@ from tests.trust.helpers_crash import (
     open_cases,
     private_postgres,
     private_postgres_possible,
-    served,
     server_for,
 )
 

@@ -88,6 +88,10 @@ _BUMP_HEAD = (
 )
 _SET_HEAD = update(_HEAD).where(_HEAD.c.id == 1).values(hash=bindparam("hash"))
 _INSERT = insert(AuditRecord.__table__)
+# With RETURNING, SQLAlchemy sends a batch as multi-row INSERTs built from one cached compiled
+# statement ("insertmanyvalues"): one statement, not a GIL turn per row as the driver's
+# executemany, nor a new compile per batch as insert().values(list).
+_INSERT_BATCH = insert(AuditRecord.__table__).returning(AuditRecord.__table__.c.seq)
 
 
 def _fields(
@@ -177,6 +181,16 @@ class GroupWriter:
     ) -> str:
         """Add one record in its own transaction; return its hash once it is committed. The caller
         must hold no write of its own that the writer would wait for (the head row, SQLite's lock)."""
+        return self.submit(actor=actor, action=action, department=department, object_type=object_type,
+                           object_id=object_id, purpose=purpose, outcome=outcome, detail=detail).result()
+
+    def submit(
+        self, *, actor: str, action: str, department: str | None = None, object_type: str | None = None,
+        object_id: object = None, purpose: str | None = None, outcome: str = "success",
+        detail: dict[str, Any] | None = None,
+    ) -> Future[str]:
+        """Queue one record; the future gives its hash once committed (or the writer's error). An
+        async caller awaits it on the event loop instead of holding a worker thread meanwhile."""
         fields = _fields(actor=actor, action=action, department=department, object_type=object_type,
                          object_id=object_id, purpose=purpose, outcome=outcome, detail=detail)
         done: Future[str] = Future()
@@ -187,7 +201,7 @@ class GroupWriter:
             else:
                 self._running = True
                 threading.Thread(target=self._run, name="cityos-audit-writer", daemon=True).start()
-        return done.result()
+        return done
 
     def _run(self) -> None:
         try:
@@ -232,7 +246,7 @@ class GroupWriter:
             with self._conn.begin():
                 row = self._conn.execute(_BUMP_HEAD, {"n": len(records)}).one()
                 head = _chain(records, int(row[0]), str(row[1]))
-                self._conn.execute(_INSERT, records)
+                self._conn.execute(_INSERT_BATCH, records).all()
                 self._conn.execute(_SET_HEAD, {"hash": head})
         except BaseException:
             self._close()

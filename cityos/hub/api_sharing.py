@@ -9,10 +9,13 @@ offset, count, format, lang) is filtered with `name__eq=`.
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
 from typing import Annotated, Any
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from cityos.core.errors import Invalid
 from cityos.core.service import MAX_OFFSET, MAX_PAGE
@@ -174,7 +177,7 @@ def _sort(text: str | None) -> list[tuple[str, bool]]:
                 "`X-Request-Hash` (SHA-256 of method, path, query, caller, purpose, `X-Request-Time` and "
                 "the body's SHA-256) and `X-Audit-Record` (the hash of its audit record).",
 )
-def rows_read(
+async def rows_read(
     code: str, request: Request, session: SessionDep, actor: SignedInDep,
     purpose: Annotated[str | None, Query(max_length=500, description="why you read (用途); required")] = None,
     x_purpose: Annotated[str | None, Header(max_length=1500,
@@ -190,11 +193,13 @@ def rows_read(
     names = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
     meta = sharing.RequestMeta(method=request.method, path=request.url.path, query=pairs,
                                base_url=str(request.base_url).rstrip("/"))
-    result = sharing.rows_read(
-        session, actor, code, purpose=purpose or unquote(x_purpose or ""), fields=names, conds=_conds(pairs),
-        sort=_sort(sort), limit=limit, offset=offset, with_total=count, fmt=format, request_meta=meta,
-        group_commit=True)  # returns once its audit record is committed: answered only then
-    headers = {"X-Request-Hash": result.request_hash, "X-Audit-Record": result.audit_hash,
+    result = await run_in_threadpool(partial(
+        sharing.rows_read, session, actor, code, purpose=purpose or unquote(x_purpose or ""), fields=names,
+        conds=_conds(pairs), sort=_sort(sort), limit=limit, offset=offset, with_total=count, fmt=format,
+        request_meta=meta, group_commit=True))
+    # Answered only once its audit record is committed; awaited here, so no worker thread waits.
+    audit_hash = await asyncio.wrap_future(result.committed) if result.committed else result.audit_hash
+    headers = {"X-Request-Hash": result.request_hash, "X-Audit-Record": audit_hash,
                "X-Request-Time": result.time}
     if format == "csv":
         headers["Content-Disposition"] = f'attachment; filename="{code.replace("/", "-")}.csv"'

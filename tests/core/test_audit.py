@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import threading
+
+import pytest
 from sqlalchemy import func, select, text, update
 from typer.testing import CliRunner
 
 from cityos.cli import app as cli_app
 from cityos.core import audit, crypto
 from cityos.core.models import AuditRecord
+
+
+def _run_together(threads):
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def _chain(sessions, n=6):
@@ -36,45 +46,22 @@ def test_records_carry_algorithm_and_links(sessions):
     assert crypto.HASH_ALGO == ("sm3" if crypto.SM3 else "sha256")
 
 
-def test_edit_in_database_is_named(sessions):
+@pytest.mark.parametrize(("tampering", "first_bad", "reason"), [
+    (text("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 4"), 4, "edited"),
+    (update(AuditRecord).where(AuditRecord.seq == 2).values(detail={"i": 99}), 2, "edited"),
+    (text("DELETE FROM audit_log WHERE seq = 3"), 4, "deleted"),
+    (text("DELETE FROM audit_log WHERE seq = 6"), None, "tail"),
+], ids=["edited-actor", "edited-detail", "deleted", "deleted-tail"])
+def test_tampering_in_the_database_is_named(sessions, tampering, first_bad, reason):
     _chain(sessions)
     with sessions() as s:
-        s.execute(text("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 4"))
+        s.execute(tampering)
         s.commit()
         result = audit.verify(s)
     assert not result.ok
-    assert result.first_bad_seq == 4
-    assert "edited" in result.reason
-
-
-def test_edited_detail_is_named(sessions):
-    _chain(sessions)
-    with sessions() as s:
-        s.execute(update(AuditRecord).where(AuditRecord.seq == 2).values(detail={"i": 99}))
-        s.commit()
-        result = audit.verify(s)
-    assert not result.ok and result.first_bad_seq == 2
-
-
-def test_deleted_record_is_named(sessions):
-    _chain(sessions)
-    with sessions() as s:
-        s.execute(text("DELETE FROM audit_log WHERE seq = 3"))
-        s.commit()
-        result = audit.verify(s)
-    assert not result.ok
-    assert result.first_bad_seq == 4
-    assert "deleted" in result.reason
-
-
-def test_deleted_tail_is_noticed(sessions):
-    _chain(sessions)
-    with sessions() as s:
-        s.execute(text("DELETE FROM audit_log WHERE seq = 6"))
-        s.commit()
-        result = audit.verify(s)
-    assert not result.ok
-    assert "tail" in result.reason
+    if first_bad is not None:
+        assert result.first_bad_seq == first_bad
+    assert reason in result.reason
 
 
 def test_reordered_records_are_named(sessions):
@@ -150,19 +137,13 @@ def test_cli_verify_names_the_tampered_record(sessions, settings, monkeypatch):
 
 
 def test_concurrent_appends_keep_one_chain(sessions):
-    import threading
-
     def worker(k):
         for i in range(10):
             with sessions() as s:
                 audit.append(s, actor=f"w{k}", action="test.concurrent", object_id=i)
                 s.commit()
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_together([threading.Thread(target=worker, args=(k,)) for k in range(4)])
     with sessions() as s:
         result = audit.verify(s)
     assert result.ok and result.checked == 40
@@ -171,8 +152,6 @@ def test_concurrent_appends_keep_one_chain(sessions):
 def test_group_writer_commits_concurrent_records_as_one_chain(engine, sessions):
     """Group commit: threads appending through the writer, mixed with appends in their own
     transactions, leave one contiguous chain; each caller gets its own record's hash, committed."""
-    import threading
-
     writer = audit.GroupWriter(engine)
     got: dict[str, str] = {}
     start = threading.Barrier(9)
@@ -192,10 +171,7 @@ def test_group_writer_commits_concurrent_records_as_one_chain(engine, sessions):
 
     threads = [threading.Thread(target=grouped, args=(k,)) for k in range(8)]
     threads.append(threading.Thread(target=inline, args=(0,)))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_together(threads)
     with sessions() as s:
         result = audit.verify(s)
         records = s.scalars(select(AuditRecord).order_by(AuditRecord.seq)).all()
@@ -208,7 +184,6 @@ def test_group_writer_commits_concurrent_records_as_one_chain(engine, sessions):
 
 def test_group_writer_failure_reaches_the_caller_and_the_writer_goes_on(engine, sessions, tmp_path):
     """A batch that cannot be committed fails its callers (no hash handed out); the next one works."""
-    import pytest
     from sqlalchemy.exc import OperationalError
 
     from cityos.core import db

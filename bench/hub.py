@@ -279,6 +279,9 @@ def main() -> None:
                         help="leave out the employer's credit code column (its check is the costliest)")
     parser.add_argument("--serial", action="store_true",
                         help="no worker processes: validate and encode in the loading process")
+    parser.add_argument("--no-copy-text", action="store_true",
+                        help="PostgreSQL: workers send tuples that the loader COPYs row by row, "
+                             "instead of COPY text")
     args = parser.parse_args()
     if args.dataset == "monitoring":
         ITEMS[:] = ALL_ITEMS[:] = MONITORING_ITEMS
@@ -286,10 +289,12 @@ def main() -> None:
                     share_condition=None, share_basis=None, open_type="open")
     if args.no_credit_code:
         ITEMS[:] = [i for i in ITEMS if i["type"] != "credit_code"]
-    if args.serial:
-        from cityos.hub import loading
+    from cityos.hub import loading
 
+    if args.serial:
         loading.PARALLEL_MIN_BYTES = 1 << 62
+    if args.no_copy_text:
+        loading.COPY_TEXT = False
     n = args.rows
     print(f"Python {platform.python_version()} on {platform.machine()} ({os.cpu_count()} CPUs, load "
           f"average {os.getloadavg()[0]:.1f}), {n:,} rows of {len(ITEMS)} columns; aim {AIM:,} rows/s; "

@@ -14,7 +14,8 @@ import csv
 import datetime as dt
 import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -64,6 +65,7 @@ class ReadResult:
     audit_hash: str
     time: str
     grant_id: int | None = None
+    committed: Future[str] | None = None  # with `group_commit`: the audit record's hash, once durable
 
 
 def _refuse(actor: Actor, target: Target, name: str, what: str) -> access.Denied:
@@ -175,9 +177,9 @@ def rows_read(
     """Read a resource's rows as the owner or through a grant (授权访问), audited with its purpose.
 
     The audit record goes into the caller's transaction, or with `group_commit` through the
-    engine's `audit.GroupWriter`, committed with those of concurrent reads before this returns:
-    for a caller whose session writes nothing else (the API's read), so none holds the head row
-    while it waits."""
+    engine's `audit.GroupWriter`, committed with those of concurrent reads: `committed` then gives
+    its hash once durable, and the caller answers only then. For a caller whose session writes
+    nothing else (the API's read), so none holds the head row while it waits."""
     purpose = (purpose or "").strip()
     if not purpose:
         raise Invalid("purpose", "every read states its purpose / 每次读取须说明用途")
@@ -234,10 +236,10 @@ def rows_read(
             break
         at += dt.timedelta(microseconds=1)
     bind = session.get_bind()
-    append = partial(audit.append, session)
+    append: Callable[..., Any] = partial(audit.append, session)
     if group_commit and isinstance(bind, Engine):
         session.commit()  # ends the read: its pooled connection is free while the record is written
-        append = audit.group_writer(bind).append
+        append = audit.group_writer(bind).submit
     record = append(
         # Filed under the provider: the data's own department audits who read it (the reader's
         # department is in the detail).
@@ -249,5 +251,7 @@ def rows_read(
                 "fields": wanted, "filter": filters.summary(items, typed),
                 "sort": [f"{'-' if d else ''}{n}" for n, d in sort],
                 "limit": limit, "offset": offset, "format": fmt})
+    committed = record if isinstance(record, Future) else None
     return ReadResult(plan.code, plan.version, wanted, rows, limit, offset, total, payload["next"],
-                      body, FORMATS[fmt], rhash, record, time, grant.id if grant else None)
+                      body, FORMATS[fmt], rhash, "" if committed else record, time,
+                      grant.id if grant else None, committed)

@@ -10,11 +10,8 @@ transaction, so a crash or a rejected load leaves the resource as it was.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -25,7 +22,7 @@ from cityos.core import access, audit, events
 from cityos.core.access import Actor
 from cityos.core.db import utcnow
 from cityos.core.errors import CityOSError, Invalid
-from cityos.hub import parsing, store, validate
+from cityos.hub import chunks, parsing, store, validate
 from cityos.hub.models import Resource, Version
 from cityos.hub.service import keyring, layout_of, resource_by_code, resource_target
 
@@ -152,6 +149,37 @@ class _Rows:
                 self.report.add([validate.RowError(line, None, str(exc))])
         self.write(out)
 
+    def add_ready(self, lines: Sequence[int], keys: list[str], ready: list[tuple[Any, ...]] | bytes
+                  ) -> None:
+        """Refuse duplicate keys among rows a worker made ready for `Writer.add_ready` (one key
+        and line each, in order), then write them (unless the load will fail)."""
+        seen = self.seen
+        fresh = dict(zip(keys, lines, strict=True))
+        if len(fresh) == len(keys) and seen.keys().isdisjoint(fresh):
+            seen.update(fresh)  # the usual case, at C speed
+        else:
+            keep = []
+            for n, (key, line) in enumerate(zip(keys, lines, strict=True)):
+                first = seen.setdefault(key, line)
+                if first != line:
+                    self._duplicate(line, first)
+                else:
+                    keep.append(n)
+            if isinstance(ready, bytes):  # COPY text: one row a line (a newline in a value is \n)
+                split = ready.split(b"\n")
+                ready = b"".join(split[n] + b"\n" for n in keep)
+            else:
+                ready = [ready[n] for n in keep]
+            keys = [keys[n] for n in keep]
+        if (self.report.rows and not self.keep_valid) or not keys:
+            return
+        self.writer.add_ready(ready, len(keys))
+
+    def _duplicate(self, line: int, first: int) -> None:
+        self.report.add([validate.RowError(
+            line, ",".join(self.layout.key_fields),
+            f"duplicate key, first seen on row {first} / 主键重复，首次出现于第{first}行")])
+
     def write(self, encoded: list[tuple[int, tuple[Any, ...]]], converted: bool = False) -> None:
         """Refuse duplicate keys among encoded rows, then write them (unless the load will fail);
         `converted`: the rows' dates are already what SQLite stores (done by a worker)."""
@@ -160,9 +188,7 @@ class _Rows:
         for line, row in encoded:
             first = seen.setdefault(row[0], line)
             if first != line:
-                self.report.add([validate.RowError(
-                    line, ",".join(self.layout.key_fields),
-                    f"duplicate key, first seen on row {first} / 主键重复，首次出现于第{first}行")])
+                self._duplicate(line, first)
                 continue
             out.append(row)
         if self.report.rows and not self.keep_valid:
@@ -235,10 +261,15 @@ def load_file(
     rules = [validate.ItemRule.of(i) for i in res.items]
     workers = _workers(reader.total_bytes, rows)
     try:
-        if workers:
-            rows_in = _parallel(reader, rows, rules, columns, workers, progress)
+        if workers and reader.body is not None:
+            rows_in, bytes_read = chunks.chunked(reader.body, rows, rules, columns, workers, progress,
+                                                 batch=BATCH, copy_text=COPY_TEXT)
         else:
-            rows_in = _serial(reader, rows, validate.compile_rows(rules, columns).check, progress)
+            if workers:
+                rows_in = chunks.parallel(reader, rows, rules, columns, workers, progress, batch=BATCH)
+            else:
+                rows_in = _serial(reader, rows, validate.compile_rows(rules, columns).check, progress)
+            bytes_read = reader.bytes_read
     except parsing.ParseError as exc:
         raise Invalid("file", str(exc)) from exc
     finally:
@@ -246,7 +277,7 @@ def load_file(
     if rows_in == 0:
         raise Invalid("file", "the file has no rows / 文件没有数据行")
     if progress is not None:
-        progress(reader.bytes_read, rows_in)
+        progress(bytes_read, rows_in)
     version = _finish(session, actor, res, rows, rows_in=rows_in, source=source, mode=mode,
                       filename=filename)
     return LoadResult(version, rows_in, report.rows, report)
@@ -266,13 +297,10 @@ def _serial(reader: parsing.TableReader, rows: _Rows, check: Any, progress: Prog
     return rows_in
 
 
-# -- large files: validation and encoding in worker processes -------------------------------------
-# A large load is CPU-bound: checking every cell and encrypting sensitive items (SM4-GCM costs
-# some 20 µs a value in Python). Worker processes do both while this process parses, refuses
-# duplicate keys and writes, in order, inside the caller's transaction.
+# -- large files: reading, validation and encoding in worker processes (see `chunks`) -------------
 PARALLEL_MIN_BYTES = 32 << 20
+COPY_TEXT = True  # PostgreSQL: workers make the COPY text (False: tuples, written by the loader)
 MAX_WORKERS = 8
-_worker: dict[str, Any] = {}
 
 
 def _workers(size: int | None, rows: _Rows) -> int:
@@ -281,80 +309,6 @@ def _workers(size: int | None, rows: _Rows) -> int:
     if size is None or size < PARALLEL_MIN_BYTES or rows.partial or cpus < 2:
         return 0
     return min(MAX_WORKERS, cpus)
-
-
-def _worker_start(resource_id: int, fields: list[store.Field], key_fields: list[str], ring: Any,
-                  rules: list[validate.ItemRule], columns: list[str | None], sqlite: bool) -> None:
-    layout = store.build_layout(resource_id, fields, key_fields)
-    _worker["encode"] = store.Encoder(layout, ring).encode
-    _worker["check"] = validate.compile_rows(rules, columns).check
-    # Dates become SQLite's text here too, off the writing process (positions as in Writer.columns).
-    columns_out = ["_key", "_hash", *layout.item_columns]
-    _worker["convert"] = store.sqlite_converters(layout, columns_out) if sqlite else []
-
-
-def _worker_batch(batch: list[tuple[int, Any]]
-                  ) -> tuple[list[tuple[int, tuple[Any, ...]]], list[list[validate.RowError]]]:
-    encode, check, convert = _worker["encode"], _worker["check"], _worker["convert"]
-    out, errors = [], []
-    for line, values in batch:
-        typed, errs = check(line, values)
-        if errs:
-            errors.append(errs)
-            continue
-        try:
-            row = encode(typed)
-        except ValueError as exc:
-            errors.append([validate.RowError(line, None, str(exc))])
-            continue
-        if convert:
-            cells = list(row)
-            for pos, conv in convert:
-                if cells[pos] is not None:
-                    cells[pos] = conv(cells[pos])
-            row = tuple(cells)
-        out.append((line, row))
-    return out, errors
-
-
-def _parallel(reader: parsing.TableReader, rows: _Rows, rules: list[validate.ItemRule],
-              columns: list[str | None], workers: int, progress: Progress | None) -> int:
-    lay = rows.layout
-    sqlite = rows.writer.sqlite
-    start = (lay.resource_id, lay.fields, lay.key_fields, rows.ring, rules, columns, sqlite)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_start, initargs=start)
-    pending: deque[Future[Any]] = deque()
-
-    def drain() -> None:
-        out, errors = pending.popleft().result()
-        for errs in errors:
-            rows.report.add(errs)
-        if not lay.key_fields:  # a keyless row's key is its ordinal in this load, not in a worker's
-            out = [(line, (rows.enc.key({}), *row[1:])) for line, row in out]
-        rows.write(out, converted=sqlite)
-
-    rows_in = 0
-    try:
-        batch: list[tuple[int, Any]] = []
-        for item in reader:
-            batch.append(item)
-            if len(batch) == BATCH:
-                rows_in += BATCH
-                pending.append(pool.submit(_worker_batch, batch))
-                batch = []
-                if progress is not None:
-                    progress(reader.bytes_read, rows_in)
-                while len(pending) > 2 * workers:  # bounded: a 2 GB file never sits in memory
-                    drain()
-        if batch:
-            rows_in += len(batch)
-            pending.append(pool.submit(_worker_batch, batch))
-        while pending:
-            drain()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return rows_in
 
 
 def push(

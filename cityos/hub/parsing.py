@@ -12,6 +12,7 @@ import codecs
 import csv
 import io
 import re
+import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,10 +36,13 @@ class ParseError(BadRequest):
     """The file as a whole cannot be read (解析错误): `.line` (or None) and a bilingual `.reason`."""
 
     def __init__(self, line: int | None, en: str, zh: str) -> None:
-        self.line = line
+        self.line, self._words = line, (en, zh)
         self.reason = f"{en} / {zh}"
         where = f"line {line}: {en} / 第{line}行：{zh}" if line else self.reason
         super().__init__(where)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # raised in a worker process, re-raised in the loader
+        return ParseError, (self.line, *self._words)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +55,22 @@ class RowFault:
 Row = list[Any] | RowFault
 
 
+@dataclass(frozen=True, slots=True)
+class CsvBody:
+    """Where the rows of an open CSV file begin, for a loader that splits the file itself."""
+
+    source: BinaryIO
+    origin: int  # the source's position when opened (progress counts from here)
+    start: int  # the first byte after the header record
+    line: int  # the header record's last line
+    codec: str
+    width: int  # the header's columns
+
+
 class TableReader:
     """An open table: `.header`, then `(line_no, values)` per row when iterated, once."""
+
+    body: CsvBody | None = None  # a seekable CSV file in an encoding that can be split
 
     def __init__(
         self,
@@ -273,12 +291,17 @@ def _decode_error(exc: UnicodeDecodeError, counted: _Counted, codec: str, fallba
     if isinstance(exc.object, bytes) and exc.object.endswith(counted.last):
         # The failing bytes are the last chunk, maybe after a few pending bytes that hold no newline.
         line = counted.lines + 1 + exc.object[:exc.start].count(b"\n")
+    return _not_valid(codec, line)
+
+
+def _not_valid(codec: str, line: int) -> ParseError:
     label = _ENCODING_LABEL.get(codec, codec)
     return ParseError(line, f"not valid {label} — save the file as UTF-8 or GBK",
                       "编码无法识别，请将文件另存为UTF-8或GBK编码")
 
 
 def _open_csv(source: BinaryIO, encoding: str | None, total_bytes: int | None) -> TableReader:
+    origin = source.tell() if _seekable(source) else None
     codec, head, skipped = _sniff(source, encoding)
     counted = _Counted(source, head, skipped)
     text = io.TextIOWrapper(cast(BinaryIO, counted), encoding=codec, errors="strict", newline="")
@@ -294,8 +317,12 @@ def _open_csv(source: BinaryIO, encoding: str | None, total_bytes: int | None) -
         raise ParseError(None, "the file is empty: no header row", "文件为空，没有表头")
     header = [cell.strip().lstrip("\ufeff") for cell in header]
     rows = _csv_rows(reader, len(header), counted, codec)
-    return TableReader(header, rows, lambda: counted.count, total_bytes=total_bytes,
-                       encoding=codec, header_line=reader.line_num)
+    table = TableReader(header, rows, lambda: counted.count, total_bytes=total_bytes,
+                        encoding=codec, header_line=reader.line_num)
+    end = _line_end(head, reader.line_num)
+    if origin is not None and codec in SPLIT_CODECS and end is not None:
+        table.body = CsvBody(source, origin, origin + skipped + end, reader.line_num, codec, len(header))
+    return table
 
 
 def _ragged(width: int, got: int) -> RowFault:
@@ -303,13 +330,21 @@ def _ragged(width: int, got: int) -> RowFault:
 
 
 def _csv_rows(
-    reader: Any, width: int, counted: _Counted, codec: str
+    reader: Any, width: int, counted: _Counted | None, codec: str, offset: int = 0,
+    end: int | None = None,
 ) -> Iterator[tuple[int, Row]]:
+    """The rows `reader` reads, numbered `offset` lines on; with `end`, the reader reads a chunk
+    of `end` lines followed by `_END` (see `chunks.csv_chunk_rows`)."""
     prev = reader.line_num
+    last = sys.maxsize if end is None else end
     try:
         for row in reader:
-            line = prev + 1  # where the record starts; a quoted field may span lines
+            line = prev + 1 + offset  # where the record starts; a quoted field may span lines
             prev = reader.line_num
+            if prev > last:  # the record that reads the sentinel: it must be the sentinel alone
+                if row == [_END]:
+                    return
+                raise CutInQuotes
             if len(row) == width:
                 if row[0] or any(row):
                     yield line, row
@@ -320,9 +355,32 @@ def _csv_rows(
             else:
                 yield line, _ragged(width, len(row))
     except UnicodeDecodeError as exc:
-        raise _decode_error(exc, counted, codec, prev + 1) from None
+        assert counted is not None  # a chunk is decoded whole before it is read
+        raise _decode_error(exc, counted, codec, prev + 1 + offset) from None
     except csv.Error as exc:
-        raise ParseError(reader.line_num, f"bad CSV: {exc}", "CSV格式错误") from None
+        if reader.line_num > last:
+            raise CutInQuotes from None
+        raise ParseError(reader.line_num + offset, f"bad CSV: {exc}", "CSV格式错误") from None
+
+
+# -- CSV in chunks: what the reader knows of them (the cutting and the workers are in `chunks`) ----
+# A worker reads a chunk of whole records with `_END` after its last line: read alone, the cut was
+# right; read as part of a quoted field, it was not (`CutInQuotes`).
+SPLIT_CODECS = frozenset({"utf-8", "gb18030", "ascii"})
+_END = "\ue000"  # a private-use character after a chunk's last line: read alone, the cut was right
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class CutInQuotes(Exception):
+    """A chunk ended inside a quoted field: its cut was not the end of a record."""
+
+
+def _line_end(head: bytes, n: int) -> int | None:
+    """Where the `n`th line of `head` ends (None: not within it)."""
+    for i, m in enumerate(_LINE_END.finditer(head), start=1):
+        if i == n:
+            return None if m.end() == len(head) and m.group() == b"\r" else m.end()
+    return None
 
 
 # -- XLSX ------------------------------------------------------------------------------------------

@@ -300,6 +300,15 @@ def bulk_insert(conn: Connection, table: Table, columns: list[str], rows: Sequen
     )
 
 
+def copy_text(conn: Connection, table: Table, columns: list[str], data: bytes) -> None:
+    """Insert rows given as PostgreSQL COPY text (tab-separated, escaped, `\\N` for NULL)."""
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    dbapi = conn.connection.driver_connection
+    assert dbapi is not None
+    with dbapi.cursor() as cur, cur.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+        copy.write(data)
+
+
 def sqlite_converters(layout: Layout, columns: Sequence[str]) -> list[tuple[int, Any]]:
     """(position, function) for the columns whose values SQLite stores as text: dates, datetimes."""
     out = []
@@ -347,6 +356,9 @@ class Writer:
             self.target = self.stage
         self.columns = ["_key", "_hash", *layout.item_columns, "_vfrom"]
         self.sqlite = conn.dialect.name == "sqlite"
+        # COPY text made elsewhere is UTF-8: it may go straight to a connection that speaks it.
+        info = getattr(conn.connection.driver_connection, "info", None)
+        self.copy_utf8 = not self.sqlite and getattr(info, "encoding", None) == "utf-8"
         self.convert = sqlite_converters(layout, self.columns) if self.sqlite else []
         self.deferred: list[Index] = []
 
@@ -364,14 +376,26 @@ class Writer:
         else:
             out = [(*r, v) for r in rows]
         bulk_insert(self.conn, self.target, self.columns, out, prepared=self.sqlite)
-        if self.direct and not self.rows_in and len(rows) >= DEFER_INDEXES:
+        self._added(len(rows))
+
+    def add_ready(self, rows: list[tuple[Any, ...]] | bytes, count: int) -> None:
+        """Write `count` rows made ready elsewhere: tuples in `columns` order with the version and
+        SQLite's text for dates, or (PostgreSQL, `copy_utf8`) COPY text of those columns."""
+        if isinstance(rows, bytes):
+            copy_text(self.conn, self.target, self.columns, rows)
+        else:
+            bulk_insert(self.conn, self.target, self.columns, rows, prepared=True)
+        self._added(count)
+
+    def _added(self, count: int) -> None:
+        if self.direct and not self.rows_in and count >= DEFER_INDEXES:
             # A large first load: building the indexes once at the end is several times faster
             # than keeping them up to date row by row (the key is a random blind index). Dropped
             # after the first insert, so that SQLite has begun the transaction the DDL must be in.
             self.deferred = sorted(self.layout.table.indexes, key=lambda ix: str(ix.name))
             for ix in self.deferred:
                 ix.drop(self.conn)
-        self.rows_in += len(rows)
+        self.rows_in += count
 
     def finish(self, delete_keys: Iterable[str] = ()) -> Counts:
         """Merge the staged rows (and deletions) into the current table; return the counts."""

@@ -57,3 +57,26 @@ def test_a_late_route_is_still_served(client: Any) -> None:
     assert client.get("/sta/v1.1").status_code == 401  # reached: it asks who is calling
     assert client.get("/open311/v2/services.json").status_code == 200
     assert client.get("/no/such/page").status_code == 404
+
+
+@pytest.mark.skipif(INCLUDED is None, reason="this FastAPI keeps no included-router objects")
+def test_a_route_added_after_the_app_is_built_is_reached() -> None:
+    """The prefilter rebuilds its pattern when a router, or one included in it, gains a route."""
+    from fastapi import APIRouter
+    from fastapi.testclient import TestClient
+
+    from cityos.core import web
+
+    inner, outer = APIRouter(), APIRouter(prefix="/outer")
+    inner.add_api_route("/first", lambda: "first")
+    outer.include_router(inner, prefix="/inner")
+    app = FastAPI()
+    app.include_router(outer)
+    web.prefilter_routes(app)
+    client = TestClient(app)
+    assert client.get("/outer/inner/first").json() == "first"
+    assert client.get("/outer/inner/later").status_code == 404
+    inner.add_api_route("/later", lambda: "later")
+    outer.add_api_route("/direct", lambda: "direct")
+    assert client.get("/outer/inner/later").json() == "later"
+    assert client.get("/outer/direct").json() == "direct"

@@ -193,7 +193,10 @@ def shell_app(url: str, data_dir: Path, code: str) -> Any:
 def serve(kind: str, url: str, data_dir: Path, code: str, port: int) -> None:
     import uvicorn
 
+    from cityos.cli import tune_gc
+
     app = bare_app(url, data_dir, code) if kind == "bare" else shell_app(url, data_dir, code)
+    tune_gc()  # as `cityos serve` does: the ratio is to measure grants and audit, not GC settings
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", log_config=None)
 
 

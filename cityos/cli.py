@@ -46,6 +46,7 @@ def serve(
     except db.NotMigrated as exc:
         core_cli.err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+    tune_gc()
     uvicorn.run(application, host=host or settings.host, port=port or settings.port,
                 log_config=None, proxy_headers=False)
 
@@ -70,6 +71,20 @@ def _tune_malloc(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> None:
         libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
+
+
+def tune_gc(young: int = 10_000) -> None:
+    """Called once the app is built. Python's cyclic garbage collector ran ~70 times a second under
+    load and its full passes walked the ~370,000 objects of the loaded app (140 ms each): 0.8 ms
+    of every shared-data read. Those objects live as long as the process, so they are frozen out of
+    its passes, and the youngest generation is collected after 10,000 net allocations instead of
+    700 (a request's own objects are freed by reference counting long before): 5 collections in
+    15 s instead of 400, CPU per read -18% (docs/benchmarks.md)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(young, 10, 10)
 
 
 def main() -> None:

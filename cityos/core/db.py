@@ -7,6 +7,7 @@ Nothing here is SQLite- or PostgreSQL-specific beyond the connection set-up belo
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -97,9 +99,37 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # a spatial page query ignores its LIMIT (seconds instead of milliseconds). JIT only adds
     # start-up time to the short queries a city platform runs.
     kwargs.setdefault("connect_args", {"options": "-c plan_cache_mode=force_custom_plan -c jit=off"})
-    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _ping_when_idle(engine)
     event.listen(engine, "handle_error", _bad_value)
     return engine
+
+
+# A pooled connection used less than this long ago is handed out without a ping (as HikariCP's
+# aliveBypassWindowMs). SQLAlchemy's pool_pre_ping pinged on every checkout: a round trip per
+# request under load, where connections come back within milliseconds. One idle longer is
+# pinged, so a server restarted during a pause costs no request an error; one that dies in use
+# fails that request (503) and the pool drops every connection older than the failure.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _alive(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")  # None: connected just now
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError("the pooled connection is gone") from exc
+        if not alive:
+            raise DisconnectionError("the pooled connection is gone")
 
 
 def _bad_value(context: Any) -> Exception | None:

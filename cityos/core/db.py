@@ -75,6 +75,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if "poolclass" not in kwargs and parsed.database not in (None, "", ":memory:"):
+            # A pooled connection per request thread (anyio's 40) and ten more. Past the pool, a
+            # connection is opened for one request and closed after it: its pragmas run and SQLite
+            # parses the whole schema again, each time. With the default 5 (+10) that churn cost
+            # more than the shared read itself (docs/benchmarks.md).
+            kwargs.setdefault("pool_size", 40)
+            kwargs.setdefault("max_overflow", 10)
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
         )

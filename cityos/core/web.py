@@ -597,7 +597,7 @@ def prefilter_routes(app: FastAPI) -> None:
     is matched exactly as before. Where FastAPI keeps no included-router objects (older
     releases) this does nothing."""
     included = getattr(fastapi.routing, "_IncludedRouter", None)
-    if included is None or not hasattr(fastapi.routing.APIRouter(), "_routes_version"):
+    if included is None or not hasattr(app.router, "_routes_version"):
         return
     for route in app.router.routes:
         if isinstance(route, included):

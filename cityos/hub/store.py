@@ -618,8 +618,7 @@ def select_rows(
     order.append(t.c._row)
     cols = [t.c[n] for n in fields]
     q = select(*cols).where(*clauses).order_by(*order).limit(limit + 1).offset(offset)
-    if conn.dialect.name == "sqlite" and not any(
-            layout.by_name[n].type == "number" and not layout.by_name[n].encrypted for n in fields):
+    if conn.dialect.name == "sqlite" and all(_stored_kind(layout.by_name[n]) != "number" for n in fields):
         rows = [decode(layout, ring, r) for r in _sqlite_page(conn, q, layout, fields)]
     else:
         rows = [decode(layout, ring, dict(r)) for r in conn.execute(q).mappings()]
@@ -638,6 +637,10 @@ def _utc(text: str) -> dt.datetime:
 _FROM_JSON: dict[str, Any] = {"boolean": bool, "date": dt.date.fromisoformat, "datetime": _utc}
 
 
+def _stored_kind(f: Field) -> str:
+    return "string" if f.encrypted else f.type  # a sensitive item is stored as a text token
+
+
 def _sqlite_page(conn: Connection, q: Any, layout: Layout, fields: Sequence[str]) -> list[dict[str, Any]]:
     """The rows of `q` (a select of `fields`) as SQLite builds them into one JSON array.
 
@@ -648,21 +651,15 @@ def _sqlite_page(conn: Connection, q: Any, layout: Layout, fields: Sequence[str]
     datetimes are converted. Not for floats (the caller reads those row by row): SQLite's JSON
     keeps 15 digits, and even printf('%!.17g') misprints the largest doubles."""
     sub = q.subquery()
-    values: list[Any] = []
-    convert: list[tuple[str, Any]] = []
-    for name in fields:
-        f, col = layout.by_name[name], sub.c[name]
-        kind = "string" if f.encrypted else f.type
-        values.append(col)
-        if kind in _FROM_JSON:
-            convert.append((name, _FROM_JSON[kind]))
-    page = conn.execute(select(func.json_group_array(func.json_array(*values)))).scalar_one()
+    one_array = func.json_group_array(func.json_array(*(sub.c[n] for n in fields)))
+    page = conn.execute(select(one_array)).scalar_one()
     rows = [dict(zip(fields, v, strict=True)) for v in orjson.loads(page)]
-    for name, fn in convert:
-        for row in rows:
-            v = row[name]
-            if v is not None:
-                row[name] = fn(v)
+    for name in fields:
+        convert = _FROM_JSON.get(_stored_kind(layout.by_name[name]))
+        if convert is not None:
+            for row in rows:
+                if row[name] is not None:
+                    row[name] = convert(row[name])
     return rows
 
 

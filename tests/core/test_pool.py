@@ -1,17 +1,48 @@
-"""Pooled PostgreSQL connections: pinged on checkout only after sitting idle (`db._ping_when_idle`).
-
-A connection back in the pool within the last second goes out unpinged (no round trip per
-request); one idle longer is pinged, and a dead one is replaced before anybody uses it."""
+"""Pooled connections. SQLite keeps one per request thread: a connection opened past the pool
+re-ran its pragmas and SQLite's schema parse for a single request. PostgreSQL's are pinged on
+checkout only after sitting idle (`db._ping_when_idle`): one back in the pool within the last
+second goes out unpinged (no round trip per request); one idle longer is pinged, and a dead one
+is replaced before anybody uses it."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
-from sqlalchemy import exc, text
+from sqlalchemy import event, exc, text
 from sqlalchemy.pool import NullPool
 
 from cityos.core import db
+
+
+def test_sqlite_keeps_a_connection_for_each_of_many_request_threads(tmp_path):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'pool.db'}")
+    opened = []
+    event.listen(engine, "connect", lambda *_: opened.append(1))
+    together = threading.Barrier(20, timeout=10)
+    broken = []
+
+    def request() -> None:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            try:
+                together.wait()  # all 20 hold a connection at once
+            except threading.BrokenBarrierError:
+                broken.append(1)
+
+    try:
+        for _ in range(2):
+            threads = [threading.Thread(target=request) for _ in range(20)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            together.reset()
+    finally:
+        engine.dispose()
+    assert not broken
+    assert len(opened) == 20  # the second round reused them all: none opened for one request
 
 
 @pytest.fixture
